@@ -1,0 +1,3 @@
+from hotrelease.cli import main
+
+main()

@@ -1,0 +1,128 @@
+"""One exception tree for the whole tool.
+
+The CLI catches `HotreleaseError` once, prints `str(error)` as a single line and exits with
+`error.exit_code`. Codes are part of the public interface (see README, "Exit codes").
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_REFUSED = 1  # verification or policy said no
+EXIT_USAGE = 2  # bad arguments, bad config, bad input, failed build
+EXIT_NOT_NOW = 3  # allowed, but not yet: outside a window, waiting for approval
+EXIT_ABORTED = 4  # a rollout started and was aborted / rolled back
+EXIT_UNREACHABLE = 5  # an agent or remote service could not be reached
+
+
+class HotreleaseError(Exception):
+    """Base class: every error the tool reports on purpose."""
+
+    exit_code = EXIT_REFUSED
+    code = "error"  # stable machine-readable code, used in --json output and agent responses
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+
+# --- usage, config, input (exit 2) -------------------------------------------------------
+
+
+class UsageError(HotreleaseError):
+    exit_code = EXIT_USAGE
+    code = "usage"
+
+
+class ConfigError(UsageError):
+    """A config file is unreadable or invalid; the message names the file and key path."""
+
+    code = "config"
+
+
+class VersionError(UsageError):
+    """A version string is not valid SemVer 2.0.0."""
+
+    code = "bad_version"
+
+
+class BuildError(UsageError):
+    """The build command failed or produced nothing usable."""
+
+    code = "build_failed"
+
+
+class KeyFileError(UsageError):
+    """A key cannot be read: missing, wrong format, wrong passphrase."""
+
+    code = "bad_key"
+
+
+class GitError(UsageError):
+    code = "git"
+
+
+# --- refusals (exit 1) -------------------------------------------------------------------
+
+
+class VerificationError(HotreleaseError):
+    """Base of every reason a bundle, manifest or signed statement is refused."""
+
+    code = "verification_failed"
+
+
+class ManifestFormatError(VerificationError):
+    code = "bad_manifest"
+
+
+class SignatureError(VerificationError):
+    """Malformed envelope, bad signature, or a signature by a key we do not trust."""
+
+    code = "bad_signature"
+
+
+class ThresholdError(VerificationError):
+    code = "threshold_not_met"
+
+
+class DigestMismatchError(VerificationError):
+    code = "digest_mismatch"
+
+
+class SizeMismatchError(VerificationError):
+    code = "size_mismatch"
+
+
+class ExpiredError(VerificationError):
+    code = "expired"
+
+
+class IdentityMismatchError(VerificationError):
+    """Name or version in the manifest is not the one expected."""
+
+    code = "identity_mismatch"
+
+
+class UnsafeArchiveError(VerificationError):
+    code = "unsafe_archive"
+
+
+class PolicyError(HotreleaseError):
+    """The release is valid but policy refuses it (downgrade, freeze, missing approval...)."""
+
+    code = "policy"
+
+
+class NotNowError(HotreleaseError):
+    exit_code = EXIT_NOT_NOW
+    code = "not_now"
+
+
+class AbortedError(HotreleaseError):
+    exit_code = EXIT_ABORTED
+    code = "aborted"
+
+
+class UnreachableError(HotreleaseError):
+    exit_code = EXIT_UNREACHABLE
+    code = "unreachable"
