@@ -50,6 +50,7 @@ def _root(
 release_commands.register(app)
 classify_commands.register(app)
 agent_commands.register(app)
+release_commands.register_demo(app)
 
 
 def _report(exc: HotreleaseError) -> None:

@@ -159,3 +159,14 @@ def register(app: typer.Typer) -> None:
     app.command()(sign)
     app.command()(verify)
     app.add_typer(config_app, name="config")
+
+
+def demo() -> None:
+    """Run the whole flow locally on the embedded example plugin (temp dir, no setup)."""
+    from hotrelease.demo import run_demo
+
+    run_demo(typer.echo)
+
+
+def register_demo(app: typer.Typer) -> None:
+    app.command()(demo)
