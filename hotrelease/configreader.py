@@ -7,6 +7,7 @@ unknown keys are refused instead of silently ignored.
 
 from __future__ import annotations
 
+import builtins
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -48,25 +49,26 @@ class Table:
     error (a typo like `treshold` must not silently fall back to a default).
     """
 
-    def __init__(self, data: dict[str, Any], source: str | Path, path: tuple[str, ...] = ()):
+    def __init__(self, data: dict[builtins.str, Any], source: builtins.str | Path,
+                 path: tuple[builtins.str, ...] = ()):
         self.data = data
         self.source = str(source)
         self.path = path
-        self._seen: set[str] = set()
+        self._seen: set[builtins.str] = set()
 
     # --- error helpers ------------------------------------------------------------------
-    def where(self, key: str | None = None) -> str:
+    def where(self, key: builtins.str | None = None) -> builtins.str:
         parts = list(self.path) + ([key] if key is not None else [])
         return " -> ".join(parts) if parts else "(top level)"
 
-    def error(self, key: str | None, message: str) -> ConfigError:
+    def error(self, key: builtins.str | None, message: builtins.str) -> ConfigError:
         return ConfigError(f"{self.source}: {self.where(key)}: {message}")
 
     # --- getters ------------------------------------------------------------------------
-    def has(self, key: str) -> bool:
+    def has(self, key: builtins.str) -> builtins.bool:
         return key in self.data
 
-    def get(self, key: str, typ: type[T], default: Any = _MISSING) -> T:
+    def get(self, key: builtins.str, typ: type[T], default: Any = _MISSING) -> T:
         self._seen.add(key)
         if key not in self.data:
             if default is _MISSING:
@@ -80,8 +82,8 @@ class Table:
             raise self.error(key, f"expected {_TYPE_NAMES[typ]}, got {_describe(value)} {value!r}")
         return value  # type: ignore[no-any-return]
 
-    def str(self, key: str, default: Any = _MISSING, *, choices: tuple[str, ...] = (),
-            nonempty: bool = True) -> str:
+    def str(self, key: builtins.str, default: Any = _MISSING, *,
+            choices: tuple[builtins.str, ...] = (), nonempty: builtins.bool = True) -> builtins.str:
         value = self.get(key, str, default)
         if value is default and key not in self.data:
             return value
@@ -91,8 +93,8 @@ class Table:
             raise self.error(key, f"expected one of {', '.join(choices)}, got {value!r}")
         return value
 
-    def int(self, key: str, default: Any = _MISSING, *, min: int | None = None,
-            max: int | None = None) -> int:
+    def int(self, key: builtins.str, default: Any = _MISSING, *, min: builtins.int | None = None,
+            max: builtins.int | None = None) -> builtins.int:
         value = self.get(key, int, default)
         if key in self.data:
             if min is not None and value < min:
@@ -101,25 +103,28 @@ class Table:
                 raise self.error(key, f"expected an integer <= {max}, got {value}")
         return value
 
-    def float(self, key: str, default: Any = _MISSING, *, min: float | None = None) -> float:
+    def float(self, key: builtins.str, default: Any = _MISSING, *,
+              min: builtins.float | None = None) -> builtins.float:
         value = self.get(key, float, default)
         if key in self.data and min is not None and value < min:
             raise self.error(key, f"expected a number >= {min}, got {value}")
         return value
 
-    def bool(self, key: str, default: Any = _MISSING) -> bool:
+    def bool(self, key: builtins.str, default: Any = _MISSING) -> builtins.bool:
         return self.get(key, bool, default)
 
-    def str_list(self, key: str, default: Any = _MISSING) -> list[str]:
+    def str_list(self, key: builtins.str, default: Any = _MISSING) -> list[builtins.str]:
         value = self.get(key, list, default)
         if key not in self.data:
             return value  # type: ignore[no-any-return]
         for i, item in enumerate(value):
             if not isinstance(item, str):
-                raise self.error(f"{key}[{i}]", f"expected a string, got {_describe(item)} {item!r}")
+                raise self.error(f"{key}[{i}]",
+                                 f"expected a string, got {_describe(item)} {item!r}")
         return list(value)
 
-    def str_map(self, key: str, default: Any = _MISSING) -> dict[str, str]:
+    def str_map(self, key: builtins.str,
+                default: Any = _MISSING) -> dict[builtins.str, builtins.str]:
         value = self.get(key, dict, default)
         if key not in self.data:
             return value  # type: ignore[no-any-return]
@@ -128,14 +133,14 @@ class Table:
                 raise self.error(f"{key} -> {k}", f"expected a string, got {_describe(v)} {v!r}")
         return dict(value)
 
-    def table(self, key: str, *, required: bool = False) -> Table:
+    def table(self, key: builtins.str, *, required: builtins.bool = False) -> Table:
         if key not in self.data and not required:
             self._seen.add(key)
             return Table({}, self.source, self.path + (key,))
         value = self.get(key, dict)
         return Table(value, self.source, self.path + (key,))
 
-    def tables(self, key: str) -> list[Table]:
+    def tables(self, key: builtins.str) -> list[Table]:
         """An array of tables (`[[stages]]`), each with an indexed path: `stages[1]`."""
         value = self.get(key, list, [])
         out = []
@@ -145,8 +150,8 @@ class Table:
             out.append(Table(item, self.source, self.path + (f"{key}[{i}]",)))
         return out
 
-    def parse(self, key: str, parser: Callable[[Any], T], default: Any = _MISSING,
-              expected: str = "a valid value") -> T:
+    def parse(self, key: builtins.str, parser: Callable[[Any], T], default: Any = _MISSING,
+              expected: builtins.str = "a valid value") -> T:
         """Read a raw value and convert it; a ValueError from `parser` names this key."""
         self._seen.add(key)
         if key not in self.data:

@@ -51,7 +51,8 @@ class PublicKey:
 
     @classmethod
     def from_key(cls, key: Ed25519PublicKey) -> PublicKey:
-        return cls(key, key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw))
+        raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        return cls(key, raw)
 
     @classmethod
     def from_pem(cls, data: bytes, source: str = "public key") -> PublicKey:

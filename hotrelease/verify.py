@@ -17,7 +17,7 @@ from hotrelease.errors import (
     ManifestFormatError,
     SizeMismatchError,
 )
-from hotrelease.manifest import ReleaseManifest, parse_manifest_bytes
+from hotrelease.manifest import FileEntry, ReleaseManifest, parse_manifest_bytes
 from hotrelease.signing import MANIFEST_TYPE, Envelope, PublicKey, verify_envelope
 
 
@@ -60,7 +60,7 @@ def verify_bundle(manifest: ReleaseManifest, bundle_path: Path) -> None:
     verify_bundle_files(manifest, scan_bundle(bundle_path), bundle_path.name)
 
 
-def verify_bundle_files(manifest: ReleaseManifest, files: list, source: str) -> None:
+def verify_bundle_files(manifest: ReleaseManifest, files: list[FileEntry], source: str) -> None:
     expected = {f.path: f for f in manifest.files}
     seen = set()
     for entry in files:

@@ -83,8 +83,8 @@ def sign(
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Add a signature to MANIFEST.sig (run again with another key for k-of-n)."""
-    from hotrelease.signing import MANIFEST_TYPE, Envelope, load_private_key
     from hotrelease.manifest import load_manifest, parse_manifest_bytes
+    from hotrelease.signing import MANIFEST_TYPE, Envelope, load_private_key
     from hotrelease.verify import signature_path_for
 
     existing_file(manifest, "manifest")
