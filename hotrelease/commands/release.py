@@ -135,7 +135,8 @@ def verify(
                    f"{m.to_dict()['expires']}")
 
 
-config_app = typer.Typer(help="Work with hotrelease.toml.", no_args_is_help=True)
+config_app = typer.Typer(help="Work with hotrelease.toml.", no_args_is_help=True,
+                         rich_markup_mode=None)
 
 
 @config_app.command("check")
