@@ -26,6 +26,7 @@ from hotrelease.checksum import sha256_file, write_sha256sums
 from hotrelease.config import ProjectConfig
 from hotrelease.errors import BuildError, UsageError
 from hotrelease.gitsource import SourceState, read_source_state
+from hotrelease.goabi import go_abi_facts
 from hotrelease.manifest import BundleRef, ReleaseManifest, format_time
 from hotrelease.versioning import parse_version
 
@@ -102,32 +103,6 @@ def _run_commands(cfg: ProjectConfig, substitutions: dict[str, str], env: dict[s
                              f"{proc.returncode}: {shlex.join(argv)}")
 
 
-def go_abi_facts(binary: Path) -> dict[str, Any]:
-    """What `go version -m` says about a Go binary: toolchain, platform, module versions."""
-    try:
-        proc = subprocess.run(["go", "version", "-m", str(binary)], capture_output=True,
-                              text=True, timeout=60)
-    except FileNotFoundError:
-        raise BuildError("the Go toolchain (`go`) is not installed") from None
-    if proc.returncode != 0:
-        raise BuildError(f"go version -m {binary.name} failed: {proc.stderr.strip()}")
-    facts: dict[str, Any] = {"modules": {}}
-    for line in proc.stdout.splitlines():
-        if not line.startswith("\t"):
-            facts["go_version"] = line.rsplit(": ", 1)[-1].strip()
-            continue
-        parts = line.strip().split("\t")
-        if parts[0] == "dep" and len(parts) >= 3:
-            facts["modules"][parts[1]] = parts[2]
-        elif parts[0] == "mod" and len(parts) >= 2:
-            facts["main_module"] = parts[1]
-        elif parts[0] == "build" and len(parts) >= 2 and "=" in parts[1]:
-            key, _, value = parts[1].partition("=")
-            if key in ("GOOS", "GOARCH", "CGO_ENABLED", "-buildmode"):
-                facts[key.lower().lstrip("-")] = value
-    return facts
-
-
 def build_release(cfg: ProjectConfig, *, version: str | None, out_dir: Path | None,
                   allow_dirty: bool, now: datetime, env: Mapping[str, str] | None = None,
                   log: Callable[[str], None] = lambda _: None) -> BuildResult:
@@ -162,7 +137,7 @@ def build_release(cfg: ProjectConfig, *, version: str | None, out_dir: Path | No
             objects = sorted(payload.rglob("*.so"))
             if not objects:
                 raise BuildError("plugin kind is 'go' but the build produced no .so file")
-            abi = go_abi_facts(objects[0])
+            abi = go_abi_facts(objects[0], cwd=cfg.build.workdir, env=env)
             abi["plugin_path"] = subs["plugin_path"]
         elif cfg.plugin.kind == "python":
             abi = {"python": "3"}

@@ -1,0 +1,3 @@
+module hotrelease.example/gameapi
+
+go 1.19
