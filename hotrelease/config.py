@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta
+from functools import partial
 from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
 
 from hotrelease.configreader import Table, load_toml
 from hotrelease.errors import ConfigError
 from hotrelease.manifest import PLUGIN_KINDS, Dependency, check_name
+from hotrelease.policy import CLASSES, LANES, SECURITY_ON_MAJOR, SECURITY_SOURCES, Policy
 
 CONFIG_NAME = "hotrelease.toml"
 
@@ -43,11 +49,23 @@ class TrustConfig:
 
 
 @dataclass
+class NotifyConfig:
+    """Who to tell when an update takes the urgent lane: a command and/or a webhook URL."""
+
+    command: list[str] = field(default_factory=list)
+    webhook: str | None = None
+    timeout: int = 10
+
+
+@dataclass
 class ProjectConfig:
     path: Path
     plugin: PluginConfig
     build: BuildConfig
     trust: TrustConfig
+    policy: Policy = field(default_factory=Policy)
+    schedule: Any = None  # lanes.Schedule; built lazily-typed to keep this module light
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
 
     @property
     def root(self) -> Path:
@@ -100,7 +118,140 @@ def _trust(t: Table, base: Path) -> TrustConfig:
     return cfg
 
 
+def _choices(t: Table, key: str, allowed: tuple[str, ...], default: tuple[str, ...]
+             ) -> tuple[str, ...]:
+    values = t.str_list(key, list(default))
+    for i, value in enumerate(values):
+        if value not in allowed:
+            raise t.error(f"{key}[{i}]", f"expected one of {', '.join(allowed)}, got {value!r}")
+    return tuple(values)
+
+
+def _policy(t: Table) -> Policy:
+    d = Policy()
+    cfg = Policy(
+        security_sources=_choices(t, "security_sources", SECURITY_SOURCES, d.security_sources),
+        mr_security_labels=tuple(t.str_list("mr_security_labels", list(d.mr_security_labels))),
+        zero_minor_is_major=t.bool("zero_minor_is_major", d.zero_minor_is_major),
+        allow_prerelease=t.bool("allow_prerelease", d.allow_prerelease),
+        security_on_major=t.str("security_on_major", d.security_on_major,
+                                choices=SECURITY_ON_MAJOR),
+        break_glass=t.bool("break_glass", d.break_glass),
+        approval_classes=_choices(t, "approval_classes", CLASSES, d.approval_classes),
+        rollback_lane=t.str("rollback_lane", d.rollback_lane, choices=LANES),
+    )
+    t.finish()
+    return cfg
+
+
+def _recurrence(t: Table, tz: ZoneInfo):  # -> lanes.Recurrence
+    from hotrelease.cron import parse_cron
+    from hotrelease.lanes import Recurrence, parse_clock, parse_days, parse_duration
+
+    duration = t.parse("duration", parse_duration, expected="a duration like 2h, 90m, 1h30m")
+    if t.has("cron"):
+        for key in ("days", "start"):
+            if t.has(key):
+                raise t.error(key, "give either cron or days + start, not both")
+        return Recurrence(tz, duration, cron=t.parse("cron", parse_cron,
+                                                     expected="a 5-field cron expression"))
+    days = t.parse("days", parse_days, expected="week days like [\"tue\", \"thu\"] "
+                                                "(or give cron = \"...\")")
+    start = t.parse("start", parse_clock, expected="a wall-clock time like \"03:00\"")
+    return Recurrence(tz, duration, days=days, start=start)
+
+
+def _zone(t: Table) -> ZoneInfo:
+    from hotrelease.lanes import parse_zone
+
+    return t.parse("timezone", parse_zone, expected="an IANA time zone like Europe/Berlin")
+
+
+def _windows(tables: list[Table]) -> list[Any]:
+    from hotrelease.lanes import Window
+
+    out, names = [], set()
+    for i, t in enumerate(tables):
+        name = t.str("name", f"window-{i + 1}")
+        if name in names:
+            raise t.error("name", f"duplicate window name {name!r}")
+        names.add(name)
+        out.append(Window(name, _recurrence(t, _zone(t))))
+        t.finish()
+    return out
+
+
+def _freeze_moment(value: Any, tz: ZoneInfo, *, end: bool) -> datetime:
+    """A date (whole day, `end` inclusive), a local datetime (in tz) or one with an offset."""
+    if isinstance(value, str):
+        try:
+            value = (date.fromisoformat(value) if len(value) == 10
+                     else datetime.fromisoformat(value.replace("Z", "+00:00")))
+        except ValueError:
+            raise ValueError(f"{value!r} is not a date (2026-12-20) or date-time") from None
+    if isinstance(value, datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=tz)).astimezone(ZoneInfo("UTC"))
+    if isinstance(value, date):
+        day = value + timedelta(days=1) if end else value
+        return datetime.combine(day, time(0), tzinfo=tz).astimezone(ZoneInfo("UTC"))
+    raise ValueError(f"{value!r} is not a date or date-time")
+
+
+def _freezes(tables: list[Table]) -> list[Any]:
+    from datetime import UTC
+
+    from hotrelease.lanes import Freeze, Interval
+
+    out = []
+    for i, t in enumerate(tables):
+        name = t.str("name", f"freeze-{i + 1}")
+        reason = t.str("reason", "", nonempty=False)
+        break_glass = t.bool("break_glass", True)
+        tz = _zone(t)
+        if t.has("end"):
+            start = t.parse("start", partial(_freeze_moment, tz=tz, end=False),
+                            expected="a date or date-time")
+            stop = t.parse("end", partial(_freeze_moment, tz=tz, end=True),
+                           expected="a date (inclusive) or date-time")
+            if stop <= start:
+                raise t.error("end", "must be after start")
+            freeze = Freeze(name, reason, fixed=Interval(start.astimezone(UTC),
+                                                         stop.astimezone(UTC)),
+                            break_glass=break_glass)
+        else:
+            freeze = Freeze(name, reason, recurrence=_recurrence(t, tz),
+                            break_glass=break_glass)
+        out.append(freeze)
+        t.finish()
+    return out
+
+
+def _split_command(value: Any) -> list[str]:
+    if not isinstance(value, str):
+        raise TypeError(f"got {type(value).__name__}")
+    return shlex.split(value)
+
+
+def _notify(t: Table) -> NotifyConfig:
+    command: list[str] = []
+    if t.has("command"):
+        raw = t.data["command"]
+        command = (t.str_list("command") if isinstance(raw, list)
+                   else t.parse("command", _split_command,
+                                expected="a command string or array"))
+        if not command:
+            raise t.error("command", "must not be empty")
+    webhook = t.str("webhook", None)
+    if webhook is not None and not webhook.startswith(("http://", "https://")):
+        raise t.error("webhook", f"expected an http(s) URL, got {webhook!r}")
+    cfg = NotifyConfig(command, webhook, t.int("timeout", 10, min=1, max=300))
+    t.finish()
+    return cfg
+
+
 def parse_config(data: dict, path: Path) -> ProjectConfig:
+    from hotrelease.lanes import Schedule
+
     top = Table(data, path)
     base = path.parent
     cfg = ProjectConfig(
@@ -108,6 +259,10 @@ def parse_config(data: dict, path: Path) -> ProjectConfig:
         plugin=_plugin(top.table("plugin", required=True)),
         build=_build(top.table("build", required=True), base),
         trust=_trust(top.table("trust"), base),
+        policy=_policy(top.table("policy")),
+        schedule=Schedule(tuple(_windows(top.tables("windows"))),
+                          tuple(_freezes(top.tables("freezes")))),
+        notify=_notify(top.table("notify")),
     )
     top.finish()
     return cfg

@@ -126,3 +126,9 @@ class AbortedError(HotreleaseError):
 class UnreachableError(HotreleaseError):
     exit_code = EXIT_UNREACHABLE
     code = "unreachable"
+
+
+class NotifyError(UnreachableError):
+    """The urgent-lane notification hook (command or webhook) failed."""
+
+    code = "notify_failed"

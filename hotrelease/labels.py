@@ -98,3 +98,23 @@ def verify_label(data: dict[str, Any], envelope: Envelope, *, trusted: dict[str,
         raise ExpiredError(f"security label {label.label_id} expired at "
                            f"{format_time(label.expires)}")
     return label
+
+
+def make_label(*, name: str, version: str, bundle_sha256: str, advisory: str, severity: str,
+               now: datetime, expires_days: int) -> SecurityLabel:
+    """Build and validate a label (the same checks a verifier runs, so a typo fails here)."""
+    from datetime import timedelta
+
+    if expires_days < 1:
+        raise ManifestFormatError("label expiry must be at least one day")
+    draft = SecurityLabel(name, version, bundle_sha256, advisory, severity, now,
+                          now + timedelta(days=expires_days))
+    return SecurityLabel.from_dict(draft.to_dict())
+
+
+def sign_label(label: SecurityLabel, private: Any, envelope: Envelope | None = None
+               ) -> tuple[Envelope, str]:
+    """Add a security-role signature (k-of-n: pass the existing envelope to add one)."""
+    envelope = envelope or Envelope(SECURITY_LABEL_TYPE)
+    keyid = envelope.add_signature(label.canonical_bytes(), private)
+    return envelope, keyid
