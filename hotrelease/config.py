@@ -14,6 +14,7 @@ from hotrelease.configreader import Table, load_toml
 from hotrelease.errors import ConfigError
 from hotrelease.manifest import PLUGIN_KINDS, Dependency, check_name
 from hotrelease.policy import CLASSES, LANES, SECURITY_ON_MAJOR, SECURITY_SOURCES, Policy
+from hotrelease.rollout import Inventory, parse_inventory
 
 CONFIG_NAME = "hotrelease.toml"
 
@@ -66,6 +67,7 @@ class ProjectConfig:
     policy: Policy = field(default_factory=Policy)
     schedule: Any = None  # lanes.Schedule; built lazily-typed to keep this module light
     notify: NotifyConfig = field(default_factory=NotifyConfig)
+    inventory: Inventory = field(default_factory=Inventory)
 
     @property
     def root(self) -> Path:
@@ -263,6 +265,7 @@ def parse_config(data: dict, path: Path) -> ProjectConfig:
         schedule=Schedule(tuple(_windows(top.tables("windows"))),
                           tuple(_freezes(top.tables("freezes")))),
         notify=_notify(top.table("notify")),
+        inventory=parse_inventory(top, base),
     )
     top.finish()
     return cfg

@@ -391,3 +391,14 @@ timezone = "Asia/Shanghai"
     # A local date-time is read in the freeze's zone; an explicit offset wins.
     assert local.fixed == Interval(utc(2026, 12, 20, 17), utc(2026, 12, 21, 6))
     assert weekend.recurrence is not None and weekend.recurrence.duration == timedelta(days=2)
+
+
+def test_no_windows_still_waits_out_an_active_freeze():
+    from hotrelease.lanes import route_scheduled
+
+    freeze = Freeze("launch", fixed=Interval(utc(2026, 12, 20), utc(2026, 12, 22)))
+    during = utc(2026, 12, 20, 12)
+    routing = route_scheduled(Schedule((), (freeze,)), during, "feature")
+    assert routing.not_before == utc(2026, 12, 22)
+    outside = utc(2026, 12, 23, 12)
+    assert route_scheduled(Schedule((), (freeze,)), outside, "feature").not_before is None
