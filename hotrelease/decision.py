@@ -110,11 +110,16 @@ def stages_for(stages: Stages, lane: str) -> list[str]:
 
 def decide(c: Classification, *, name: str, bundle_sha256: str | None, baseline_source: str,
            schedule: Schedule, policy: Policy, now: datetime,
-           stages: Stages = DEFAULT_STAGES) -> ReleaseDecision:
+           stages: Stages = DEFAULT_STAGES,
+           gated: Mapping[str, Sequence[str]] | None = None) -> ReleaseDecision:
+    """`gated`: per lane, the stages the rollout config always gates behind an approval;
+    the class (e.g. major) may add every stage after the first."""
     routing = _route(c, schedule, policy, now)
     lane_stages = stages_for(stages, routing.lane)
     planned = lane_stages[:1] if c.canary_only else lane_stages
-    approval = planned[1:] if c.needs_approval else []
+    always = set((gated or {}).get(routing.lane, ()))
+    approval = [s for i, s in enumerate(planned)
+                if s in always or (c.needs_approval and i > 0)]
     reasons = [*c.reasons, *routing.reasons]
     if approval:
         reasons.append(Reason("approval.stages", f"approval needed before: {', '.join(approval)}"))

@@ -108,7 +108,7 @@ def decide_release(cfg: Any | None = None, *, manifest: Any | None = None,
                    baseline: str | None = None, repo: Path | Any | None = None,
                    labels: Sequence[Path] = (), env: Mapping[str, str] | None = None,
                    now: datetime, rollback: bool = False,
-                   stages: Stages = DEFAULT_STAGES) -> ReleaseDecision:
+                   stages: Stages | None = None) -> ReleaseDecision:
     """Decide class, lane, earliest start, approvals and plan digest for one release.
 
     `cfg` is a `ProjectConfig` (None: default policy, no windows, no security keys). The
@@ -118,7 +118,7 @@ def decide_release(cfg: Any | None = None, *, manifest: Any | None = None,
     early, so git lists tags while the rest is gathered). Labels: `labels`, else the
     default label file next to `manifest_path`. `env` supplies CI variables (default:
     os.environ). `stages`: stage names, one list for every lane or one per lane
-    (`{"urgent": [...], "scheduled": [...]}`).
+    (`{"urgent": [...], "scheduled": [...]}`); default: the project's rollout config.
     """
     env = os.environ if env is None else env
     policy: Policy = cfg.policy if cfg is not None else Policy()
@@ -146,7 +146,8 @@ def decide_release(cfg: Any | None = None, *, manifest: Any | None = None,
     claims += facts.claims + mr_label_claims(env, policy)
     result = classify(candidate, base, claims=claims, policy=policy, rollback=rollback)
     return decide(result, name=name, bundle_sha256=bundle_sha256, baseline_source=source,
-                  schedule=schedule, policy=policy, now=now, stages=stages)
+                  schedule=schedule, policy=policy, now=now,
+                  **_rollout_stages(cfg, stages))
 
 
 def _label_claims(cfg: Any | None, labels: Sequence[Path], manifest_path: Path | None, *,
@@ -166,3 +167,14 @@ def _label_claims(cfg: Any | None, labels: Sequence[Path], manifest_path: Path |
     threshold = cfg.trust.security_threshold if cfg is not None else 1
     return [load_label_claim(p, trusted=trusted, threshold=threshold, now=now, name=name,
                              version=version, bundle_sha256=bundle_sha256) for p in paths]
+
+
+def _rollout_stages(cfg: Any | None, stages: Stages | None) -> dict[str, Any]:
+    """Stage names and always-gated stages per lane, from the inventory's rollout config."""
+    inventory = getattr(cfg, "inventory", None)
+    if stages is not None or inventory is None:
+        return {"stages": stages if stages is not None else DEFAULT_STAGES}
+    return {"stages": {lane: [s.name for s in specs]
+                       for lane, specs in inventory.stages.items()},
+            "gated": {lane: [s.name for s in specs if s.approval]
+                      for lane, specs in inventory.stages.items()}}

@@ -134,7 +134,10 @@ def test_scheduled_plan_waits_for_window_and_digest_is_clock_free(cli, setup, tm
     first = json.loads(run(cli, repo, config, "plan", "--manifest", release.manifest,
                            "--json").stdout)
     assert first["not_before"] == "2026-11-26T02:00:00Z"  # Thursday 03:00 Berlin
-    assert first["window"]["name"] == "maint" and first["approval_stages"] == []
+    # A feature release: only the stages the default rollout config gates need approval.
+    assert first["window"]["name"] == "maint"
+    assert first["stages"] == ["canary", "wave-1", "all"]
+    assert first["approval_stages"] == ["wave-1", "all"]
     later = cli("plan", "--manifest", release.manifest, "--config", config, "--json", "--now",
                 "2026-11-27T12:00:00Z", cwd=repo.path)
     assert json.loads(later.stdout)["plan_digest"] == first["plan_digest"]
@@ -168,7 +171,7 @@ def test_major_needs_approval(cli, setup) -> None:
     repo, _, _, config = setup
     r = run(cli, repo, config, "plan", "--version", "2.0.0")
     assert r.code == 0, r.stderr
-    assert "class:       major" in r.stdout and "approval:    waves" in r.stdout
+    assert "class:       major" in r.stdout and "approval:    wave-1, all" in r.stdout
 
 
 def test_prerelease_is_canary_only(cli, setup) -> None:
