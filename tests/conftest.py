@@ -175,3 +175,315 @@ def go_available() -> bool:
 
 
 requires_go = pytest.mark.skipif(not go_available(), reason="Go toolchain not installed")
+
+
+# --- node agent (issue 4): real agent processes on loopback ---------------------------------
+
+AGENT_TOKEN = "test-token-0123456789abcdef"  # name "ci" in the generated agent.toml
+AGENT_TOKEN_2 = "other-token-0123456789abcdef"  # name "ops"
+_HISTORY_FILES = {"history.jsonl", "agent-history.jsonl", "agent.lock"}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 20.0,
+               what: str = "condition") -> object:
+    """Bounded polling: returns the first truthy value, fails the test at the deadline."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+def node_snapshot(data_dir: Path) -> dict[str, object]:
+    """Every file's bytes, every symlink's target and every directory under the agent's data
+    dir, except the append-only history files (which refusals are expected to grow)."""
+    snap: dict[str, object] = {}
+    for dirpath, dirnames, filenames in os.walk(data_dir):
+        for name in dirnames + filenames:
+            full = Path(dirpath) / name
+            rel = full.relative_to(data_dir).as_posix()
+            if name in _HISTORY_FILES:
+                continue
+            if full.is_symlink():
+                snap[rel] = ("link", os.readlink(full))
+            elif full.is_dir():
+                snap[rel] = ("dir",)
+            else:
+                snap[rel] = full.read_bytes()
+    return snap
+
+
+def read_history(data_dir: Path, name: str = "greeter") -> list[dict]:
+    import json
+
+    path = data_dir / "plugins" / name / "history.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class AgentProcess:
+    """One `hotrelease agent serve` subprocess and its config/data dir."""
+
+    def __init__(self, root: Path, config_text: str, port: int, scheme: str = "http",
+                 env: dict[str, str] | None = None) -> None:
+        self.root = root
+        self.config = root / "agent.toml"
+        self.config.write_text(config_text)
+        self.data_dir = root / "data"
+        self.port = port
+        self.url = f"{scheme}://127.0.0.1:{port}"
+        self.env = env or {}
+        self.proc: subprocess.Popen | None = None
+        self.log = root / "agent.log"
+        self.ready_kwargs: dict[str, object] = {"verify": False}  # e.g. cert= for mTLS
+
+    def start(self, env: dict[str, str] | None = None, wait: bool = True) -> AgentProcess:
+        full_env = {k: v for k, v in os.environ.items() if k != "HOTRELEASE_AGENT_CRASH_AT"}
+        full_env.update({**self.env, **(env or {})})
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "hotrelease", "agent", "serve", "--config", str(self.config)],
+            env=full_env, stdout=subprocess.DEVNULL, stderr=open(self.log, "ab"),  # noqa: SIM115
+            start_new_session=True)
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        import requests
+
+        def up() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                pytest.fail(f"agent exited with {self.proc.returncode}: "
+                            f"{self.log.read_text()[-2000:]}")
+            try:
+                return requests.get(f"{self.url}/v1/health", timeout=1,
+                                    **self.ready_kwargs).status_code == 200
+            except requests.RequestException:
+                return False
+
+        wait_until(up, timeout, "the agent's /v1/health")
+
+    def wait_exit(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout=timeout)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+    def client(self, token: str = AGENT_TOKEN, **kwargs: object):
+        from hotrelease.agent.client import AgentClient
+
+        return AgentClient(self.url, token, **kwargs)  # type: ignore[arg-type]
+
+    def snapshot(self) -> dict[str, object]:
+        return node_snapshot(self.data_dir)
+
+    def history(self, name: str = "greeter") -> list[dict]:
+        return read_history(self.data_dir, name)
+
+
+def agent_toml(data_dir: Path, port: int, release_keys: list[Path], *,
+               security_keys: list[Path] = (), approval_keys: list[Path] = (),
+               threshold: int = 1,
+               max_upload: int = 64 * 1024 * 1024, plugins: str | None = None,
+               extra: str = "") -> str:
+    from hotrelease.agent.auth import hash_token
+
+    keys = ", ".join(f'"{p}"' for p in release_keys)
+    sec = ", ".join(f'"{p}"' for p in security_keys)
+    appr = ", ".join(f'"{p}"' for p in approval_keys)
+    plugins = plugins if plugins is not None else "[plugins.greeter]\n"
+    return (f'[agent]\ndata_dir = "{data_dir}"\nlisten = "127.0.0.1"\nport = {port}\n'
+            f"max_upload_bytes = {max_upload}\n\n"
+            f"[trust]\nrelease_keys = [{keys}]\nthreshold = {threshold}\n"
+            f"security_keys = [{sec}]\napproval_keys = [{appr}]\n\n"
+            f'[[tokens]]\nname = "ci"\nsha256 = "{hash_token(AGENT_TOKEN)}"\n\n'
+            f'[[tokens]]\nname = "ops"\nsha256 = "{hash_token(AGENT_TOKEN_2)}"\n\n'
+            f"{plugins}\n{extra}")
+
+
+class PyHost:
+    """The Python plugin host serving `<data>/plugins/greeter/current`."""
+
+    def __init__(self, root: Path, current: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.pid_file = root / "host.pid"
+        self.current = current
+        self.proc: subprocess.Popen | None = None
+        self.root = root
+
+    def start(self) -> PyHost:
+        import requests
+
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "hotrelease.agent.pyhost", "--current", str(self.current),
+             "--port", str(self.port), "--pid-file", str(self.pid_file)],
+            stdout=subprocess.DEVNULL, stderr=open(self.root / "host.log", "ab"),  # noqa: SIM115
+            start_new_session=True)
+
+        def up() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                pytest.fail("plugin host exited early")
+            try:
+                requests.get(f"{self.url}/health", timeout=1)
+                return self.pid_file.exists()
+            except requests.RequestException:
+                return False
+
+        wait_until(up, 20, "the plugin host")
+        return self
+
+    def health(self) -> dict:
+        import requests
+
+        return requests.get(f"{self.url}/health", timeout=5).json()
+
+    def play(self, player: str = "ann") -> dict:
+        import requests
+
+        return requests.post(f"{self.url}/play", json={"player": player}, timeout=5).json()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def make_agent(tmp_path: Path, build_plugin):
+    """Factory: write agent.toml (trusting build_plugin's release key) and start a real agent
+    on a free loopback port. Every process started here is killed at teardown."""
+    started: list[AgentProcess | PyHost] = []
+    counter = iter(range(1000))
+
+    def make(*, plugins: str | None = None, start: bool = True, extra: str = "",
+             release_keys: list[Path] | None = None, security_keys: list[Path] = (),
+             approval_keys: list[Path] = (), threshold: int = 1,
+             max_upload: int = 64 * 1024 * 1024, scheme: str = "http",
+             env: dict[str, str] | None = None, root: Path | None = None) -> AgentProcess:
+        root = root or tmp_path / f"agent{next(counter)}"
+        root.mkdir(parents=True, exist_ok=True)
+        port = free_port()
+        keys = release_keys or [tmp_path / "keys" / "release.pub"]
+        text = agent_toml(root / "data", port, keys, security_keys=security_keys,
+                          approval_keys=approval_keys, threshold=threshold,
+                          max_upload=max_upload, plugins=plugins, extra=extra)
+        agent = AgentProcess(root, text, port, scheme, env)
+        started.append(agent)
+        if start:
+            agent.start()
+        return agent
+
+    def host_for(agent: AgentProcess, name: str = "greeter") -> PyHost:
+        host = PyHost(agent.root, agent.data_dir / "plugins" / name / "current")
+        started.append(host)
+        return host
+
+    make.host_for = host_for  # type: ignore[attr-defined]
+    yield make
+    for proc in started:
+        proc.stop()
+
+
+@dataclass
+class Crafted:
+    manifest: Path
+    signature: Path
+    bundle: Path
+    name: str
+    version: str
+
+
+def craft_release(base: SignedRelease, out: Path, *, keys: list[Path] | None = None,
+                  mutate: Callable[[dict], None] | None = None,
+                  bundle: Path | None = None, files: list[dict] | None = None) -> Crafted:
+    """A re-signed variant of a real release: change the manifest (`mutate`), swap in another
+    bundle (digest/size/files recomputed), sign with other keys. Keys are private key paths;
+    [] leaves the envelope with no signatures."""
+    import hashlib
+    import json
+
+    from hotrelease.canonical import pretty_bytes
+    from hotrelease.manifest import parse_manifest_bytes
+    from hotrelease.signing import MANIFEST_TYPE, Envelope, load_private_key
+
+    out.mkdir(parents=True, exist_ok=True)
+    doc = json.loads(base.manifest.read_bytes())
+    bundle_path = base.bundle
+    if bundle is not None:
+        data = bundle.read_bytes()
+        doc["bundle"] = {"filename": bundle.name, "sha256": hashlib.sha256(data).hexdigest(),
+                         "size": len(data)}
+        doc["files"] = files if files is not None else []
+        bundle_path = bundle
+    if mutate is not None:
+        mutate(doc)
+    manifest = out / "manifest.json"
+    manifest.write_bytes(pretty_bytes(doc))
+    _, canonical = parse_manifest_bytes(manifest.read_bytes())
+    envelope = Envelope(MANIFEST_TYPE)
+    for key in (keys if keys is not None else [base.key.private]):
+        envelope.add_signature(canonical, load_private_key(key))
+    sig = out / "manifest.json.sig"
+    envelope.save(sig)
+    return Crafted(manifest, sig, bundle_path, doc["name"], doc["version"])
+
+
+def raw_upload(agent: AgentProcess, name: str, version: str, manifest: Path | bytes | None,
+               signature: Path | bytes | None, body: bytes | Path, token: str = AGENT_TOKEN,
+               headers: dict[str, str] | None = None):
+    """A PUT built by hand (requests), for refusals the client library would not produce."""
+    import base64
+
+    import requests
+
+    def enc(value: Path | bytes) -> str:
+        data = value.read_bytes() if isinstance(value, Path) else value
+        return base64.b64encode(data).decode()
+
+    h = {"Authorization": f"Bearer {token}", **(headers or {})}
+    if manifest is not None:
+        h["X-Hotrelease-Manifest"] = enc(manifest)
+    if signature is not None:
+        h["X-Hotrelease-Signature"] = enc(signature)
+    data = body.read_bytes() if isinstance(body, Path) else body
+    return requests.put(f"{agent.url}/v1/plugins/{name}/releases/{version}", data=data,
+                        headers=h, timeout=30)
+
+
+def hosted_agent(make_agent, *, health: str | None = None, reload: str = "url",
+                 security_keys=()):
+    """An agent whose greeter slot reloads the pyhost and checks its /health URL."""
+    agent = make_agent(start=False, security_keys=list(security_keys))
+    host = make_agent.host_for(agent)
+    reload_line = (f'reload = {{ url = "{host.url}/admin/reload", timeout = 5 }}'
+                   if reload == "url" else f'reload = {{ pid_file = "{host.pid_file}" }}')
+    health_line = health or (f'health = {{ url = "{host.url}/health", interval = 0.05, '
+                             "min_healthy_seconds = 0.2, retries = 40, timeout = 2 }")
+    text = agent.config.read_text().replace("[plugins.greeter]\n",
+                                            f"[plugins.greeter]\n{reload_line}\n{health_line}\n")
+    agent.config.write_text(text)
+    agent.start()
+    host.start()
+    agent.host = host
+    return agent

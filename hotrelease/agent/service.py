@@ -1,0 +1,581 @@
+"""The agent's operations: ingest a release, activate, roll back, accept advisories, recover.
+
+The HTTP layer (`app.py`) only parses requests and maps errors; every decision is here.
+Each refusal raises one `HotreleaseError` with a stable code *after* recording it in history,
+and nothing on disk changes before all checks passed.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from hotrelease.agent.config import AgentConfig, PluginConfig
+from hotrelease.agent.hooks import run_health, run_reload
+from hotrelease.agent.store import Store, crash_point, fsync_dir, utcnow, write_json
+from hotrelease.canonical import canonical_bytes
+from hotrelease.checksum import sha256_file
+from hotrelease.errors import (
+    DigestMismatchError,
+    ExpiredError,
+    HotreleaseError,
+    IdentityMismatchError,
+    ManifestFormatError,
+    PolicyError,
+    SignatureError,
+    UsageError,
+    VerificationError,
+)
+from hotrelease.extract import safe_extract
+from hotrelease.labels import verify_label
+from hotrelease.manifest import (
+    FileEntry,
+    ReleaseManifest,
+    check_name,
+    check_version,
+    parse_manifest_bytes,
+)
+from hotrelease.signing import APPROVAL_TYPE, Envelope, verify_envelope
+from hotrelease.verify import verify_bundle, verify_bundle_files, verify_manifest_bytes
+from hotrelease.versioning import parse_version
+
+MANIFEST_HEADER = "x-hotrelease-manifest"
+SIGNATURE_HEADER = "x-hotrelease-signature"
+MAX_MANIFEST_BYTES = 256 * 1024
+
+
+# --- agent-specific errors (HTTP status chosen in app.py by class) ---------------------------
+
+
+class BadRequest(UsageError):
+    code = "bad_request"
+
+
+class NotFound(HotreleaseError):
+    code = "not_found"
+
+
+class Conflict(HotreleaseError):
+    code = "conflict"
+
+
+class TooLarge(VerificationError):
+    code = "too_large"
+
+
+class AgentFailure(HotreleaseError):
+    """The agent itself could not complete an operation (disk full, I/O error)."""
+
+    code = "internal"
+
+
+def _version_key(version: str) -> Any:
+    return parse_version(version)
+
+
+def _below(a: str, b: str) -> bool:
+    return bool(_version_key(a) < _version_key(b))
+
+
+@dataclass
+class Meta:
+    """Caller-supplied context recorded in history (approvals are enforced in issue 5)."""
+
+    stage: str | None = None
+    release_id: str | None = None
+    pipeline_url: str | None = None
+    approval: dict[str, Any] | None = None
+    reason: str | None = None
+
+    def record(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+class Agent:
+    def __init__(self, config: AgentConfig, *, clock: Callable[[], datetime] | None = None):
+        self.config = config
+        self.store = Store(config.data_dir)
+        self.clock = clock or (lambda: datetime.now(UTC))
+        self._switch_locks = {name: threading.Lock() for name in config.plugins}
+        self._ingest_lock = threading.Lock()
+
+    # --- helpers ----------------------------------------------------------------------------
+    def plugin(self, name: str, *, who: str | None = None, action: str = "request") -> \
+            PluginConfig:
+        try:
+            check_name(name)
+        except ManifestFormatError as exc:
+            self.store.append_history(None, {"action": action, "who": who, "plugin": name,
+                                             "result": "refused", "code": "bad_name",
+                                             "reason": str(exc)})
+            raise BadRequest(str(exc), code="bad_name") from None
+        pcfg = self.config.plugins.get(name)
+        if pcfg is None:
+            self.store.append_history(None, {"action": action, "who": who, "plugin": name,
+                                             "result": "refused", "code": "unknown_plugin",
+                                             "reason": "no such plugin slot on this node"})
+            raise NotFound(f"plugin {name!r} is not configured on this agent",
+                           code="unknown_plugin")
+        return pcfg
+
+    def refuse(self, name: str, record: dict[str, Any], exc: HotreleaseError) -> \
+            HotreleaseError:
+        self.store.append_history(name, {**record, "result": "refused", "code": exc.code,
+                                         "reason": str(exc)})
+        return exc
+
+    def check_version_param(self, name: str, version: str, record: dict[str, Any]) -> str:
+        try:
+            return check_version(version)
+        except ManifestFormatError as exc:
+            raise self.refuse(name, record, BadRequest(str(exc), code="bad_version")) from None
+
+    def security_floor(self, name: str) -> tuple[str | None, str | None]:
+        """(floor version, advisory id): the highest fixing version among the labels seen."""
+        floor: str | None = None
+        advisory: str | None = None
+        directory = self.store.plugins / name / "advisories"
+        if not directory.is_dir():
+            return None, None
+        for path in sorted(directory.glob("*.json")):
+            try:
+                doc = json.loads(path.read_bytes())
+                version = check_version(doc["label"]["version"])
+            except (ValueError, KeyError, TypeError, HotreleaseError):
+                continue
+            if floor is None or _below(floor, version):
+                floor, advisory = version, doc["label"].get("advisory")
+        return floor, advisory
+
+    def release_info(self, name: str, version: str) -> dict[str, Any] | None:
+        rdir = self.store.release_dir(name, version)
+        try:
+            data = (rdir / "manifest.json").read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        raw, _ = parse_manifest_bytes(data)
+        manifest = ReleaseManifest.from_dict(raw)
+        return {"name": name, "version": version, "release_id": manifest.release_id,
+                "bundle_sha256": manifest.bundle.sha256, "bundle_size": manifest.bundle.size,
+                "kind": manifest.kind, "expires": raw.get("expires"),
+                "path": str(rdir)}
+
+    # --- ingest -------------------------------------------------------------------------------
+    def begin_upload(self, name: str, version: str, who: str, headers: dict[str, str],
+                     content_length: int | None) -> tuple[ReleaseManifest, bytes, bytes, bool]:
+        """Everything checked before the body is read. Returns the verified manifest, its
+        bytes, the envelope bytes, and whether this exact release is already stored."""
+        self.plugin(name, who=who, action="upload")
+        record: dict[str, Any] = {"action": "upload", "who": who, "version": version}
+        self.check_version_param(name, version, record)
+        cap = self.config.max_upload_bytes
+        if content_length is not None and content_length > cap:
+            raise self.refuse(name, record, TooLarge(
+                f"declared body of {content_length} bytes is over the limit of {cap}"))
+        try:
+            manifest_bytes = _b64_header(headers, MANIFEST_HEADER, ManifestFormatError)
+            envelope_bytes = _b64_header(headers, SIGNATURE_HEADER, SignatureError)
+            envelope = Envelope.from_bytes(envelope_bytes, "signature header")
+            manifest = verify_manifest_bytes(
+                manifest_bytes, envelope, trusted=self.config.trusted,
+                threshold=self.config.threshold, now=self.clock(), source="manifest header",
+                expected_name=name, expected_version=version)
+        except VerificationError as exc:
+            raise self.refuse(name, record, exc) from None
+        record["release_id"] = manifest.release_id
+        record["bundle_sha256"] = manifest.bundle.sha256
+        if manifest.bundle.size > cap:
+            raise self.refuse(name, record, TooLarge(
+                f"manifest declares a bundle of {manifest.bundle.size} bytes, over the limit "
+                f"of {cap}"))
+        existing = self.release_info(name, version)
+        if existing is not None and existing["bundle_sha256"] != manifest.bundle.sha256:
+            raise self.refuse(name, record, Conflict(
+                f"{manifest.release_id} is already stored with another bundle digest "
+                f"({existing['bundle_sha256'][:12]}); versions are immutable",
+                code="version_conflict"))
+        return manifest, manifest_bytes, envelope_bytes, existing is not None
+
+    def finish_upload(self, name: str, who: str, manifest: ReleaseManifest,
+                      manifest_bytes: bytes, envelope_bytes: bytes, workdir: Path,
+                      bundle: Path, digest: str) -> dict[str, Any]:
+        """Body received and fsynced into `workdir/bundle`: verify, extract, rename."""
+        record: dict[str, Any] = {"action": "upload", "who": who, "version": manifest.version,
+                                  "release_id": manifest.release_id,
+                                  "bundle_sha256": manifest.bundle.sha256}
+        timings: dict[str, float] = {}
+        t0 = _now()
+        try:
+            verify_bundle(manifest, bundle)
+            timings["verify_ms"] = _ms(t0)
+            crash_point("upload.verified")
+            staged = workdir / "release"
+            files_dir = staged / "files"
+            files_dir.mkdir(parents=True)
+            total = sum(f.size for f in manifest.files)
+            entries = safe_extract(bundle, files_dir, max_total_bytes=total,
+                                   on_file=lambda _: crash_point("upload.extracting"))
+            # What landed on disk is exactly what was signed.
+            verify_bundle_files(manifest, entries, "extracted release")
+            timings["extract_ms"] = _ms(t0) - timings["verify_ms"]
+        except VerificationError as exc:
+            raise self.refuse(name, record, exc) from None
+        (staged / "manifest.json").write_bytes(manifest_bytes)
+        (staged / "manifest.json.sig").write_bytes(envelope_bytes)
+        for path in (staged / "manifest.json", staged / "manifest.json.sig"):
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fchmod(fd, 0o444)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(staged)
+        crash_point("upload.extracted")
+        parent = self.store.releases / name
+        if not parent.is_dir():
+            parent.mkdir()
+            fsync_dir(self.store.releases)
+        target = parent / manifest.version
+        with self._ingest_lock:
+            existing = self.release_info(name, manifest.version)
+            if existing is not None:  # a concurrent upload of the same version won
+                if existing["bundle_sha256"] != manifest.bundle.sha256:
+                    raise self.refuse(name, record, Conflict(
+                        f"{manifest.release_id} is already stored with another digest",
+                        code="version_conflict"))
+                self.store.append_history(name, {**record, "result": "unchanged"})
+                return {"status": "unchanged", **existing}
+            os.rename(staged, target)
+            fsync_dir(parent)
+        self.store.append_history(name, {**record, "result": "stored",
+                                         "bundle_size": manifest.bundle.size})
+        info = self.release_info(name, manifest.version)
+        assert info is not None
+        timings["store_ms"] = _ms(t0)
+        return {"status": "stored", **info, "timings": timings}
+
+    def upload_unchanged(self, name: str, who: str, manifest: ReleaseManifest,
+                         digest: str, size: int) -> dict[str, Any]:
+        record = {"action": "upload", "who": who, "version": manifest.version,
+                  "release_id": manifest.release_id, "bundle_sha256": manifest.bundle.sha256}
+        if size != manifest.bundle.size or digest != manifest.bundle.sha256:
+            raise self.refuse(name, record, DigestMismatchError(
+                "uploaded body does not match the manifest's bundle digest"))
+        self.store.append_history(name, {**record, "result": "unchanged"})
+        info = self.release_info(name, manifest.version)
+        assert info is not None
+        return {"status": "unchanged", **info}
+
+    def refuse_upload(self, name: str, who: str, version: str, exc: HotreleaseError) -> \
+            HotreleaseError:
+        return self.refuse(name, {"action": "upload", "who": who, "version": version}, exc)
+
+    # --- activation -----------------------------------------------------------------------------
+    def activate(self, name: str, version: str, who: str, meta: Meta, *,
+                 rollback: bool = False) -> dict[str, Any]:
+        action = "rollback" if rollback else "activate"
+        pcfg = self.plugin(name, who=who, action=action)
+        record: dict[str, Any] = {"action": action, "who": who, **meta.record()}
+        lock = self._switch_locks[name]
+        if not lock.acquire(blocking=False):
+            record["version"] = version
+            raise self.refuse(name, record, Conflict(
+                f"another activation of {name} is in progress", code="activation_in_progress"))
+        try:
+            return self._activate_locked(pcfg, version, record, rollback=rollback)
+        finally:
+            lock.release()
+
+    def _activate_locked(self, pcfg: PluginConfig, version: str | None,
+                         record: dict[str, Any], *, rollback: bool) -> dict[str, Any]:
+        name = pcfg.name
+        state = self.store.load_state(name)
+        old = state.get("current")
+        if version is None:  # rollback to the previous version
+            version = state.get("previous")
+            if version is None:
+                raise self.refuse(name, record, Conflict(
+                    f"{name} has no previous version to roll back to",
+                    code="nothing_to_roll_back"))
+        record.update({"version": version, "from": old})
+        self.check_version_param(name, version, record)
+        info = self.release_info(name, version)
+        if info is None:
+            raise self.refuse(name, record, NotFound(
+                f"{name}@{version} is not stored on this node (upload it first)",
+                code="not_stored"))
+        record["release_id"] = info["release_id"]
+        floor, advisory = self.security_floor(name)
+        if floor is not None and _below(version, floor):
+            raise self.refuse(name, record, PolicyError(
+                f"{name}@{version} is below the security floor {floor} ({advisory})",
+                code="below_security_floor"))
+        if version == old:
+            self.store.append_history(name, {**record, "result": "unchanged",
+                                             "reason": "already the current version"})
+            return {"result": "unchanged", "name": name, "version": version,
+                    "current": version, "state": state}
+        highest = state.get("highest_activated")
+        if not rollback and highest is not None and _below(version, highest):
+            raise self.refuse(name, record, PolicyError(
+                f"{name}@{version} is lower than {highest}, already activated on this node; "
+                "use the rollback endpoint to go back to a stored version",
+                code="downgrade"))
+        try:
+            self._check_release_files(name, version)
+        except VerificationError as exc:
+            raise self.refuse(name, record, exc) from None
+        return self._switch(pcfg, state, old, version, record)
+
+    def _check_release_files(self, name: str, version: str) -> None:
+        """The stored files still match the signed manifest (disk rot, tampering)."""
+        rdir = self.store.release_dir(name, version)
+        raw, _ = parse_manifest_bytes((rdir / "manifest.json").read_bytes())
+        manifest = ReleaseManifest.from_dict(raw)
+        entries = []
+        for entry in manifest.files:
+            path = rdir / "files" / entry.path
+            if path.is_symlink() or not path.is_file():
+                raise DigestMismatchError(f"stored release {name}@{version}: {entry.path} is "
+                                          "missing or not a regular file")
+            digest, size = sha256_file(path)
+            entries.append(FileEntry(entry.path, digest, size))
+        verify_bundle_files(manifest, entries, f"stored release {name}@{version}")
+
+    def _switch(self, pcfg: PluginConfig, state: dict[str, Any], old: str | None, new: str,
+                record: dict[str, Any]) -> dict[str, Any]:
+        name = pcfg.name
+        timings: dict[str, float] = {}
+        t0 = _now()
+        self.store.write_journal(name, {"op": record["action"], "from": old, "to": new,
+                                        "who": record.get("who"), "started_at": utcnow()})
+        crash_point("switch.journal")
+        self.store.switch_current(name, new)
+        crash_point("switch.swapped")
+        timings["switch_ms"] = _ms(t0)
+        current_path = str(self.store.current_link(name))
+        t1 = _now()
+        ok, reload_detail = run_reload(pcfg.reload, name=name, version=new,
+                                       current_path=current_path)
+        timings["reload_ms"] = _ms(t1)
+        health_ok, health_detail, probes = False, "not run: reload failed", 0
+        if ok:
+            t2 = _now()
+            health_ok, health_detail, probes = run_health(
+                pcfg.health, name=name, version=new, current_path=current_path,
+                on_probe=lambda n: crash_point("activate.health"))
+            timings["health_ms"] = _ms(t2)
+        health = {"ok": health_ok, "status": "pass" if health_ok else "fail",
+                  "detail": health_detail, "probes": probes,
+                  "version": new, "checked_at": utcnow()}
+        if ok and health_ok:
+            highest = state.get("highest_activated")
+            state.update({
+                "current": new, "previous": old, "state": "active", "activated_at": utcnow(),
+                "highest_activated": new if highest is None or _below(highest, new)
+                else highest,
+                "health": health, "last_result": "activated",
+                "release_id": record.get("release_id")})
+            self.store.save_state(name, state)
+            crash_point("activate.committed")
+            self.store.append_history(name, {**record, "result": "activated",
+                                             "reason": health_detail, "timings": timings})
+            self.store.clear_journal(name)
+            return {"result": "activated", "name": name, "version": new, "from": old,
+                    "current": new,
+                    "health": health, "timings": timings, "state": state}
+        reason = (f"reload failed: {reload_detail}" if not ok
+                  else f"health check failed: {health_detail}")
+        return self._auto_rollback(pcfg, state, old, new, record, reason, health, timings)
+
+    def _auto_rollback(self, pcfg: PluginConfig, state: dict[str, Any], old: str | None,
+                       new: str, record: dict[str, Any], reason: str,
+                       failed_health: dict[str, Any], timings: dict[str, float]) -> \
+            dict[str, Any]:
+        name = pcfg.name
+        self.store.write_journal(name, {"op": record["action"], "from": old, "to": new,
+                                        "phase": "rolling_back", "reason": reason,
+                                        "started_at": utcnow()})
+        floor, advisory = self.security_floor(name)
+        if old is not None and floor is not None and _below(old, floor):
+            # Going back would run a version with a known vulnerability: stay, flag it.
+            state.update({"current": new, "previous": old, "state": "unhealthy",
+                          "activated_at": utcnow(), "health": failed_health,
+                          "last_result": "failed"})
+            self.store.save_state(name, state)
+            detail = (f"{reason}; automatic rollback to {old} refused: below the security "
+                      f"floor {floor} ({advisory})")
+            self.store.append_history(name, {**record, "result": "failed",
+                                             "code": "below_security_floor",
+                                             "reason": detail})
+            self.store.clear_journal(name)
+            return {"result": "failed", "name": name, "version": new, "from": old,
+                    "current": new,
+                    "reason": detail, "health": failed_health, "timings": timings,
+                    "state": state}
+        self.store.switch_current(name, old)
+        crash_point("activate.rolling_back")
+        back_health: dict[str, Any] | None = None
+        if old is not None:
+            current_path = str(self.store.current_link(name))
+            ok, detail = run_reload(pcfg.reload, name=name, version=old,
+                                    current_path=current_path)
+            if ok:
+                h_ok, h_detail, probes = run_health(pcfg.health, name=name, version=old,
+                                                    current_path=current_path)
+            else:
+                h_ok, h_detail, probes = False, f"reload failed: {detail}", 0
+            back_health = {"ok": h_ok, "status": "pass" if h_ok else "fail",
+                           "detail": h_detail, "probes": probes, "version": old,
+                           "checked_at": utcnow()}
+        state.update({"current": old, "state": "rolled_back" if old is not None else "empty",
+                      "health": back_health or failed_health, "last_result": "rolled_back",
+                      "last_failure": {"version": new, "reason": reason, "at": utcnow()}})
+        self.store.save_state(name, state)
+        self.store.append_history(name, {**record, "result": "rolled_back", "reason": reason,
+                                         "rolled_back_to": old,
+                                         "rollback_health": back_health})
+        self.store.clear_journal(name)
+        return {"result": "rolled_back", "name": name, "version": new, "from": old,
+                "current": old, "reason": reason, "health": failed_health,
+                "rollback_health": back_health, "timings": timings, "state": state}
+
+    # --- advisories -----------------------------------------------------------------------------
+    def add_advisory(self, name: str, who: str, label: Any, envelope: Any) -> dict[str, Any]:
+        self.plugin(name, who=who, action="advisory")
+        record: dict[str, Any] = {"action": "advisory", "who": who}
+        if not self.config.security_keys:
+            raise self.refuse(name, record, SignatureError(
+                "this agent has no security keys configured; it cannot accept labels"))
+        try:
+            env = Envelope.from_dict(envelope)
+            checked = verify_label(label, env, trusted=self.config.security_keys,
+                                   threshold=self.config.security_threshold, now=self.clock(),
+                                   name=name)
+        except VerificationError as exc:
+            raise self.refuse(name, record, exc) from None
+        record.update({"version": checked.version, "advisory": checked.advisory,
+                       "severity": checked.severity})
+        info = self.release_info(name, checked.version)
+        if info is not None and info["bundle_sha256"] != checked.bundle_sha256:
+            raise self.refuse(name, record, IdentityMismatchError(
+                f"label is for a different bundle than the stored {name}@{checked.version}"))
+        key = hashlib.sha256(checked.label_id.encode()).hexdigest()[:16]
+        path = self.store.advisories_dir(name) / f"{checked.version}-{key}.json"
+        status = "known" if path.exists() else "recorded"
+        if status == "recorded":
+            write_json(path, {"label": label, "envelope": envelope, "received_at": utcnow(),
+                              "who": who})
+        floor, advisory = self.security_floor(name)
+        self.store.append_history(name, {**record, "result": status, "floor": floor})
+        return {"status": status, "name": name, "label_id": checked.label_id,
+                "floor": floor, "floor_advisory": advisory}
+
+    # --- approvals (recorded for the publisher; enforcement belongs to the rollout) ------------
+    def add_approval(self, name: str, who: str, approval: Any,
+                     envelope: Any) -> dict[str, Any]:
+        """Record a stage approval in history. With `[trust] approval_keys` configured it
+        must be signed by enough of them; without, it is recorded as unverified."""
+        from hotrelease.approvals import Approval
+
+        self.plugin(name, who=who, action="approval")
+        record: dict[str, Any] = {"action": "approval", "who": who}
+        try:
+            parsed = Approval.from_dict(approval)
+            record.update({"version": parsed.version, "stage": parsed.stage})
+            if parsed.name != name:
+                raise IdentityMismatchError(f"approval is for plugin {parsed.name!r}, "
+                                            f"not {name!r}")
+            if self.clock() >= parsed.expires:
+                raise ExpiredError(f"approval for stage {parsed.stage} has expired")
+            verified = False
+            if self.config.approval_keys:
+                if envelope is None:
+                    raise SignatureError("this agent requires approvals signed by an "
+                                         "approver key; the approval has no signature")
+                verify_envelope(Envelope.from_dict(envelope), canonical_bytes(approval),
+                                payload_type=APPROVAL_TYPE,
+                                trusted=self.config.approval_keys,
+                                threshold=self.config.approval_threshold)
+                verified = True
+        except (VerificationError, ValueError) as exc:
+            error = exc if isinstance(exc, VerificationError) else ManifestFormatError(
+                f"approval: {exc}")
+            raise self.refuse(name, record, error) from None
+        self.store.append_history(name, {**record, "result": "recorded", "approval": approval,
+                                         "signed": envelope is not None,
+                                         "verified": verified})
+        return {"status": "recorded", "name": name, "stage": parsed.stage,
+                "verified": verified}
+
+    # --- start-up recovery ------------------------------------------------------------------------
+    def recover(self) -> list[dict[str, Any]]:
+        """Finish or undo a switch interrupted by a crash, so `current` and state agree.
+        Idempotent: a crash during recovery is recovered by the next start."""
+        self.store.open()
+        done = []
+        for name, pcfg in self.config.plugins.items():
+            self.store.plugin_dir(name)
+            journal_path = self.store.journal_path(name)
+            state = self.store.load_state(name)
+            journal = None
+            if journal_path.exists():
+                try:
+                    journal = json.loads(journal_path.read_bytes())
+                except ValueError:
+                    journal = None  # torn write of the journal itself: nothing was switched
+            link_version = self.store.read_current(name)
+            recorded = state.get("current")
+            if journal is None and link_version == recorded and not journal_path.exists():
+                continue
+            if link_version != recorded:
+                self.store.switch_current(name, recorded)
+            crash_point("recovery.swapped")
+            if journal is not None or link_version != recorded:
+                current_path = str(self.store.current_link(name))
+                ok, detail = (run_reload(pcfg.reload, name=name, version=recorded,
+                                         current_path=current_path)
+                              if recorded is not None else (True, "nothing to reload"))
+                what = (f"{journal.get('op')} {journal.get('from')} -> {journal.get('to')}"
+                        if journal else "switch")
+                outcome = ("finished" if journal and recorded == journal.get("to")
+                           else "undone")
+                rec = self.store.append_history(name, {
+                    "action": "recover", "who": "agent", "version": recorded,
+                    "result": outcome,
+                    "reason": f"agent restarted during {what}; current is {recorded}",
+                    "reload": detail if ok else f"reload failed: {detail}"})
+                done.append({"name": name, **rec})
+            self.store.clear_journal(name)
+        return done
+
+
+def _b64_header(headers: dict[str, str], key: str, error: type[HotreleaseError]) -> bytes:
+    value = headers.get(key)
+    if not value:
+        raise error(f"missing {key} header (base64 of the "
+                    f"{'manifest' if 'manifest' in key else 'signature envelope'})")
+    if len(value) > MAX_MANIFEST_BYTES * 4 // 3 + 4:
+        raise error(f"{key} header is too large")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise error(f"{key} header is not valid base64") from None
+
+
+def _now() -> float:
+    return time.perf_counter()
+
+
+def _ms(start: float) -> float:
+    return round((_now() - start) * 1000, 3)

@@ -1,0 +1,245 @@
+"""The agent's on-disk store: layout, durable writes, the `current` switch, journal, history.
+
+Layout below `data_dir` (see docs/agent.md):
+
+    releases/<name>/<version>/manifest.json       exact signed manifest bytes as uploaded
+    releases/<name>/<version>/manifest.json.sig   its envelope
+    releases/<name>/<version>/files/...           the extracted bundle (files read-only)
+    plugins/<name>/current -> ../../releases/<name>/<version>   (relative symlink)
+    plugins/<name>/state.json                     current, previous, state, health, ...
+    plugins/<name>/journal.json                   only while a switch is in progress
+    plugins/<name>/history.jsonl                  append-only audit records
+    plugins/<name>/advisories/*.json              security labels seen (floor never drops)
+    tmp/                                          partial uploads; wiped at start-up
+    agent-history.jsonl                           refusals not tied to a configured plugin
+    agent.lock                                    flock: one agent per data dir
+
+Every durable write is: temp file in the same directory, fsync, rename, fsync the directory.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import secrets
+import shutil
+import signal
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from hotrelease.errors import ConfigError
+
+CRASH_ENV = "HOTRELEASE_AGENT_CRASH_AT"
+CRASH_POINTS = (
+    "upload.receiving",  # after the first chunk of the body hit the temp file
+    "upload.verified",  # bundle verified, nothing extracted yet
+    "upload.extracting",  # after the first file was extracted
+    "upload.extracted",  # extracted and fsynced, before the rename into releases/
+    "switch.journal",  # journal written, `current` untouched
+    "switch.temp_symlink",  # temp symlink created, not renamed yet
+    "switch.swapped",  # `current` renamed, reload hook not run yet
+    "activate.health",  # during the health check
+    "activate.rolling_back",  # health failed, `current` switched back, state not written
+    "activate.committed",  # state written, journal not removed yet
+    "recovery.swapped",  # during start-up recovery, after fixing `current`
+)
+
+
+def crash_point(name: str) -> None:
+    """Fault injection for the crash-safety tests: die like `kill -9` at a named point."""
+    if os.environ.get(CRASH_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def utcnow() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.parent / f".{path.name}.tmp-{secrets.token_hex(4)}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+
+
+def remove_tree(path: Path) -> None:
+    """rm -rf that also copes with the read-only files of an extracted release."""
+    def _onerror(func: Any, p: str, exc: Any) -> None:
+        try:
+            os.chmod(os.path.dirname(p), 0o755)
+            os.chmod(p, 0o644)
+        except OSError:
+            pass
+        func(p)
+
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path, onerror=_onerror)
+
+
+class Store:
+    def __init__(self, data_dir: Path) -> None:
+        self.root = Path(data_dir)
+        self.releases = self.root / "releases"
+        self.plugins = self.root / "plugins"
+        self.tmp = self.root / "tmp"
+        self._history_lock = threading.Lock()
+        self._lock_fd: int | None = None
+
+    # --- start-up -----------------------------------------------------------------------
+    def open(self) -> None:
+        for d in (self.root, self.releases, self.plugins, self.tmp):
+            d.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / "agent.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise ConfigError(f"{self.root}: another agent is already using this data "
+                              "directory") from None
+        self._lock_fd = fd
+        # Partial uploads and extraction directories never survive a restart.
+        for entry in self.tmp.iterdir():
+            remove_tree(entry)
+        for pdir in self.plugins.iterdir() if self.plugins.is_dir() else ():
+            for entry in pdir.glob(".current.tmp-*"):
+                entry.unlink()
+            for entry in pdir.glob(".*.tmp-*"):
+                entry.unlink()
+
+    def new_tmp_dir(self, prefix: str) -> Path:
+        path = self.tmp / f"{prefix}-{secrets.token_hex(8)}"
+        path.mkdir()
+        return path
+
+    # --- paths --------------------------------------------------------------------------
+    def release_dir(self, name: str, version: str) -> Path:
+        return self.releases / name / version
+
+    def plugin_dir(self, name: str) -> Path:
+        path = self.plugins / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def current_link(self, name: str) -> Path:
+        return self.plugins / name / "current"
+
+    def stored_versions(self, name: str) -> list[str]:
+        base = self.releases / name
+        if not base.is_dir():
+            return []
+        return sorted(p.name for p in base.iterdir()
+                      if p.is_dir() and (p / "manifest.json").is_file())
+
+    # --- the switch -----------------------------------------------------------------------
+    def read_current(self, name: str) -> str | None:
+        link = self.current_link(name)
+        try:
+            target = os.readlink(link)
+        except (FileNotFoundError, OSError):
+            return None
+        return Path(target).name
+
+    def switch_current(self, name: str, version: str | None) -> None:
+        """Point `current` at a stored version (None: remove it), atomically:
+        temp symlink + rename over `current` + fsync the directory."""
+        pdir = self.plugin_dir(name)
+        link = pdir / "current"
+        if version is None:
+            if link.is_symlink():
+                link.unlink()
+                fsync_dir(pdir)
+            return
+        tmp = pdir / f".current.tmp-{secrets.token_hex(4)}"
+        os.symlink(os.path.join("..", "..", "releases", name, version), tmp)
+        crash_point("switch.temp_symlink")
+        os.replace(tmp, link)
+        fsync_dir(pdir)
+
+    # --- state, journal ---------------------------------------------------------------------
+    def load_state(self, name: str) -> dict[str, Any]:
+        state = read_json(self.plugins / name / "state.json")
+        if state is None:
+            state = {"name": name, "current": None, "previous": None, "state": "empty",
+                     "activated_at": None, "highest_activated": None, "health": None,
+                     "last_result": None}
+        return state
+
+    def save_state(self, name: str, state: dict[str, Any]) -> None:
+        write_json(self.plugin_dir(name) / "state.json", state)
+
+    def journal_path(self, name: str) -> Path:
+        return self.plugins / name / "journal.json"
+
+    def write_journal(self, name: str, journal: dict[str, Any]) -> None:
+        write_json(self.plugin_dir(name) / "journal.json", journal)
+
+    def clear_journal(self, name: str) -> None:
+        path = self.journal_path(name)
+        if path.exists():
+            path.unlink()
+            fsync_dir(path.parent)
+
+    # --- history ---------------------------------------------------------------------------
+    def append_history(self, name: str | None, record: dict[str, Any]) -> dict[str, Any]:
+        record = {"time": utcnow(), **record}
+        path = (self.plugin_dir(name) / "history.jsonl" if name is not None
+                else self.root / "agent-history.jsonl")
+        line = (json.dumps(record, sort_keys=True, default=str) + "\n").encode()
+        with self._history_lock:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            try:
+                os.write(fd, line)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        return record
+
+    def read_history(self, name: str, limit: int) -> list[dict[str, Any]]:
+        path = self.plugins / name / "history.jsonl"
+        if not path.exists():
+            return []
+        lines = path.read_bytes().splitlines()
+        out = []
+        for line in lines[-limit:] if limit else []:
+            try:
+                out.append(json.loads(line))
+            except ValueError:  # a torn last line after a power cut: skip it
+                continue
+        return out
+
+    # --- advisories --------------------------------------------------------------------------
+    def advisories_dir(self, name: str) -> Path:
+        path = self.plugin_dir(name) / "advisories"
+        path.mkdir(exist_ok=True)
+        return path
