@@ -347,11 +347,7 @@ def route_scheduled(schedule: Schedule, now: datetime, why: str) -> Routing:
         routing.reasons.append(Reason("freeze.active", f"freeze {_names(frozen)} is active now"))
     if not schedule.windows:
         routing.reasons.append(Reason("window.none", "no maintenance windows configured "
-                                                     "([[windows]] in hotrelease.toml): any "
-                                                     "time outside a freeze"))
-        if frozen:
-            # Without windows a freeze still holds: the earliest start is when it lets go.
-            routing.not_before = schedule.unfrozen_from(now)
+                                                     "([[windows]] in hotrelease.toml)"))
         return routing
     slot = schedule.next_window(now)
     if slot is None:

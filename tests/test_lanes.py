@@ -393,12 +393,14 @@ timezone = "Asia/Shanghai"
     assert weekend.recurrence is not None and weekend.recurrence.duration == timedelta(days=2)
 
 
-def test_no_windows_still_waits_out_an_active_freeze():
+
+def test_no_windows_means_no_start_time_even_outside_freezes():
+    """Scheduled releases need a window: with none configured there is no start time (the
+    CLI refuses with a config error) — a freeze cannot be sidestepped by deleting windows."""
     from hotrelease.lanes import route_scheduled
 
     freeze = Freeze("launch", fixed=Interval(utc(2026, 12, 20), utc(2026, 12, 22)))
-    during = utc(2026, 12, 20, 12)
-    routing = route_scheduled(Schedule((), (freeze,)), during, "feature")
-    assert routing.not_before == utc(2026, 12, 22)
-    outside = utc(2026, 12, 23, 12)
-    assert route_scheduled(Schedule((), (freeze,)), outside, "feature").not_before is None
+    for moment in (utc(2026, 12, 20, 12), utc(2026, 12, 23, 12)):
+        routing = route_scheduled(Schedule((), (freeze,)), moment, "feature")
+        assert routing.lane == "scheduled" and routing.not_before is None
+        assert routing.reasons[-1].rule == "window.none"

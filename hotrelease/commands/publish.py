@@ -1,0 +1,142 @@
+"""publish, approve, status, rollback: what CI jobs and release managers drive."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from hotrelease.commands._common import (
+    CONFIG_OPTION,
+    JSON_OPTION,
+    NOW_OPTION,
+    emit_json,
+    info,
+    parse_now,
+    read_passphrase,
+)
+
+MANIFEST_ARG = typer.Argument(..., help="The release manifest (*.manifest.json); its .sig "
+                                        "and bundle are expected beside it.")
+
+
+def publish(
+    manifest: Path = MANIFEST_ARG,
+    stage: str | None = typer.Option(None, "--stage", help="Run only this stage."),
+    all_stages: bool = typer.Option(False, "--all-stages",
+                                    help="Run every remaining stage (approvals permitting)."),
+    plan: str | None = typer.Option(None, "--plan", metavar="DIGEST",
+                                    help="Refuse if the plan changed since `hotrelease plan`."),
+    dry_run: bool = typer.Option(False, "--dry-run",
+                                 help="Print what would happen to which node; change nothing."),
+    wait: bool = typer.Option(False, "--wait", help="Outside a window: sleep until it opens."),
+    label: list[Path] = typer.Option([], "--label", help="Signed security label file(s)."),
+    config: Path | None = CONFIG_OPTION,
+    now: str | None = NOW_OPTION,
+    json_out: bool = JSON_OPTION,
+) -> None:
+    """Upload and activate a release stage by stage (canary, approval, waves)."""
+    from hotrelease.fleet import FleetSession
+
+    session = FleetSession.open(manifest, config=config, now=parse_now(now), labels=label)
+    report = session.publish(stage=stage, all_stages=all_stages, plan_digest=plan,
+                             dry_run=dry_run, wait=wait, progress=not json_out)
+    if json_out:
+        emit_json(report)
+    else:
+        for line in session.describe(report):
+            typer.echo(line)
+
+
+def approve(
+    manifest: Path = MANIFEST_ARG,
+    stage: str = typer.Option(..., "--stage", help="The stage to approve."),
+    by: str | None = typer.Option(None, "--by", help="Approver (default: $GITLAB_USER_LOGIN, "
+                                                     "else $USER)."),
+    key: Path | None = typer.Option(None, "--key", help="Approver's private key: sign it."),
+    key_env: str | None = typer.Option(None, "--key-env", metavar="VAR",
+                                       help="Read the approver key from this variable."),
+    passphrase_env: str | None = typer.Option(None, "--passphrase-env", metavar="VAR"),
+    valid_hours: int = typer.Option(72, "--valid-hours", min=1,
+                                    help="How long the approval stays valid."),
+    label: list[Path] = typer.Option([], "--label", help="Signed security label file(s)."),
+    config: Path | None = CONFIG_OPTION,
+    now: str | None = NOW_OPTION,
+    json_out: bool = JSON_OPTION,
+) -> None:
+    """Approve a stage of this exact build; recorded on the agents' history."""
+    from hotrelease.fleet import FleetSession
+
+    session = FleetSession.open(manifest, config=config, now=parse_now(now), labels=label)
+    private = None
+    if key is not None or key_env is not None:
+        from hotrelease.signing import load_private_key
+
+        private = load_private_key(key, env=None if key else key_env,
+                                   passphrase=read_passphrase(passphrase_env))
+    result = session.approve(stage, by=by, private_key=private, valid_hours=valid_hours)
+    if json_out:
+        emit_json(result)
+    else:
+        typer.echo(f"approved stage {stage} of {result['release']} "
+                   f"(digest {result['bundle_sha256'][:12]}…) by {result['approved_by']}"
+                   f"{' (signed)' if result['signed'] else ''}; recorded on "
+                   f"{len(result['recorded_on'])} node(s)")
+        for node, problem in result["not_recorded"].items():
+            info(f"warning: not recorded on {node}: {problem}")
+
+
+def status(
+    manifest: Path | None = typer.Argument(None, help="A release to report on (optional)."),
+    plugin: str | None = typer.Option(None, "--plugin", help="Plugin name (default: config)."),
+    label: list[Path] = typer.Option([], "--label", help="Signed security label file(s)."),
+    config: Path | None = CONFIG_OPTION,
+    now: str | None = NOW_OPTION,
+    json_out: bool = JSON_OPTION,
+) -> None:
+    """Per node: version, previous, health, since, reachable; per release: stage reached,
+    approvals, pending window."""
+    from hotrelease.fleet import FleetSession, fleet_status
+
+    if manifest is not None:
+        session = FleetSession.open(manifest, config=config, now=parse_now(now), labels=label)
+        result = session.status()
+    else:
+        result = fleet_status(config=config, plugin=plugin)
+    if json_out:
+        emit_json(result)
+    else:
+        from hotrelease.fleet import format_status
+
+        for line in format_status(result):
+            typer.echo(line)
+
+
+def rollback(
+    manifest: Path = MANIFEST_ARG,
+    stage: str | None = typer.Option(None, "--stage", help="Only this stage's nodes."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print what would be rolled back."),
+    label: list[Path] = typer.Option([], "--label", help="Signed security label file(s)."),
+    config: Path | None = CONFIG_OPTION,
+    now: str | None = NOW_OPTION,
+    json_out: bool = JSON_OPTION,
+) -> None:
+    """Roll nodes running this release back to their previous version."""
+    from hotrelease.fleet import FleetSession
+
+    session = FleetSession.open(manifest, config=config, now=parse_now(now), labels=label)
+    result = session.rollback(stage=stage, dry_run=dry_run)
+    if json_out:
+        emit_json(result)
+    else:
+        for item in result["nodes"]:
+            typer.echo(f"{item['node']}: {item['result']}"
+                       + (f" -> {item['version']}" if item.get("version") else "")
+                       + (f" ({item['detail']})" if item.get("detail") else ""))
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(publish)
+    app.command()(approve)
+    app.command()(status)
+    app.command()(rollback)

@@ -1,0 +1,357 @@
+"""One release against the configured fleet: gathers config, manifest, decision, stage plan
+and agent clients, then publishes, approves, reports or rolls back.
+
+This is the layer the CLI calls; the stage engine itself is `hotrelease.publish.Publisher`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from hotrelease.approvals import Approval
+from hotrelease.config import ProjectConfig, load_config
+from hotrelease.errors import ConfigError, NotNowError, PolicyError, UsageError
+from hotrelease.manifest import ReleaseManifest, format_time, load_manifest
+from hotrelease.publish import AgentAPI, Event, NodeState, Publisher, read_fleet
+from hotrelease.rollout import LANES, Inventory, StagePlan, plan_stages
+
+TOKEN_ENV_DEFAULT = "HOTRELEASE_AGENT_TOKEN"
+
+
+def make_clients(inventory: Inventory) -> dict[str, AgentAPI]:
+    from hotrelease.agent.client import AgentClient
+
+    s = inventory.settings
+    clients: dict[str, AgentAPI] = {}
+    for node in inventory.nodes:
+        var = node.token_env or TOKEN_ENV_DEFAULT
+        token = os.environ.get(var)
+        if not token:
+            raise ConfigError(f"node {node.name}: agent token variable {var} is not set")
+        clients[node.name] = AgentClient(node.url, token, timeout=s.read_timeout,
+                                         connect_timeout=s.connect_timeout)
+    return clients
+
+
+def inventory_of(cfg: ProjectConfig) -> Inventory:
+    inventory: Inventory | None = getattr(cfg, "inventory", None)
+    if inventory is None or not inventory.nodes:
+        raise ConfigError(f"{cfg.path}: nodes: no nodes configured (add [[nodes]] or "
+                          "`inventory = \"inventory.toml\"`)")
+    return inventory
+
+
+class _Progress:
+    """Plain line-per-event output in CI or without a TTY; a rich bar on a terminal."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.fancy = enabled and sys.stderr.isatty() and \
+            os.environ.get("CI", "").lower() not in ("true", "1")
+        self._bar: Any = None
+        self._task: Any = None
+
+    def __call__(self, event: Event) -> None:
+        if not self.enabled:
+            return
+        if not self.fancy:
+            print(f"[{event.stage or '-'}] {event.message}", file=sys.stderr, flush=True)
+            return
+        from rich.progress import Progress
+
+        if event.kind == "stage-start":
+            self.close()
+            self._bar = Progress(transient=False)
+            self._bar.start()
+            self._task = self._bar.add_task(event.message, total=max(event.total, 1))
+        elif event.kind == "node" and self._bar is not None:
+            self._bar.advance(self._task)
+            self._bar.console.print(f"  {event.message}")
+        else:
+            if self._bar is not None:
+                self._bar.console.print(event.message)
+            else:
+                print(event.message, file=sys.stderr)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+
+@dataclass
+class FleetSession:
+    cfg: ProjectConfig
+    manifest: ReleaseManifest
+    manifest_path: Path
+    inventory: Inventory
+    decision: Any
+    now: datetime
+
+    @classmethod
+    def open(cls, manifest_path: Path, *, config: Path | None, now: datetime,
+             labels: Sequence[Path] = ()) -> FleetSession:
+        from hotrelease.gate import decide_release
+
+        cfg = load_config(config)
+        manifest = _verified_manifest(cfg, manifest_path, now)
+        inventory = inventory_of(cfg)
+        decision = decide_release(cfg, manifest=manifest, manifest_path=manifest_path,
+                                  repo=cfg.root, labels=list(labels), now=now)
+        return cls(cfg, manifest, manifest_path, inventory, decision, now)
+
+    # --- the plan -------------------------------------------------------------------------
+    @property
+    def lane(self) -> str:
+        return str(self.decision.lane)
+
+    def plans(self) -> list[StagePlan]:
+        lane = self.lane if self.lane in LANES else "scheduled"
+        specs = self.inventory.stages[lane]
+        plans = plan_stages(self.manifest.release_id, self.inventory.nodes, specs)
+        gated = set(self.decision.approval_stages)
+        plans = [StagePlan(p.name, p.nodes, p.bake_seconds, p.failure_threshold,
+                           p.name in gated) for p in plans]
+        return plans[:1] if self.decision.canary_only else plans
+
+    def publisher(self, emit: Any = lambda e: None) -> Publisher:
+        meta = {"release_id": self.manifest.release_id, "lane": self.lane,
+                "pipeline_url": os.environ.get("CI_PIPELINE_URL"),
+                "plan_digest": self.decision.plan_digest}
+        return Publisher(self.manifest, self.manifest_path,
+                         Path(f"{self.manifest_path}.sig"),
+                         self.manifest_path.parent / self.manifest.bundle.filename,
+                         self.inventory.nodes, make_clients(self.inventory),
+                         self.inventory.settings, lane=self.lane, emit=emit,
+                         meta={k: v for k, v in meta.items() if v})
+
+    def check_gate(self, plan_digest: str | None, wait: bool) -> None:
+        d = self.decision
+        if d.refused:
+            raise PolicyError(f"{self.manifest.release_id}: {d.refused}")
+        if plan_digest is not None and plan_digest != d.plan_digest:
+            raise PolicyError(f"plan changed since it was approved: expected {plan_digest}, "
+                              f"now {d.plan_digest} (re-run `hotrelease plan`)",
+                              code="plan_changed")
+        if d.not_before is None:
+            why = d.reasons[-1].message if d.reasons else "no start time"
+            raise ConfigError(f"cannot publish {self.manifest.release_id}: {why}")
+        if d.not_before > self.now:
+            opens = format_time(d.not_before)
+            if not wait:
+                raise NotNowError(f"{self.manifest.release_id} ({d.release_class}, "
+                                  f"{self.lane} lane): next window opens at {opens}",
+                                  code="outside_window")
+            delay = (d.not_before - self.now).total_seconds()
+            print(f"waiting {delay:.0f}s for the window opening at {opens}", file=sys.stderr)
+            time.sleep(delay)
+
+    # --- commands -------------------------------------------------------------------------
+    def publish(self, *, stage: str | None, all_stages: bool, plan_digest: str | None,
+                dry_run: bool, wait: bool, progress: bool) -> dict[str, Any]:
+        if self.lane == "none":
+            return {"release": self.manifest.release_id, "lane": "none", "nodes": [],
+                    "complete": True, "message": "nothing to roll out",
+                    "decision": self.decision.to_dict()}
+        plans = self.plans()
+        if dry_run:
+            return self._dry_run(plans, stage, plan_digest)
+        self.check_gate(plan_digest, wait)
+        self._notify()
+        bar = _Progress(progress)
+        try:
+            report = self.publisher(bar).publish(plans, stage=stage, all_stages=all_stages)
+        finally:
+            bar.close()
+        return {**report.to_dict(), "class": self.decision.release_class,
+                "plan_digest": self.decision.plan_digest}
+
+    def _notify(self) -> None:
+        if self.lane != "urgent" or not self.decision.notify:
+            return
+        from hotrelease.notify import notify_urgent
+
+        for line in notify_urgent(self.decision, self.cfg.notify):
+            print(f"notify: {line}", file=sys.stderr)
+
+    def _dry_run(self, plans: list[StagePlan], stage: str | None,
+                 plan_digest: str | None) -> dict[str, Any]:
+        states = self.publisher().snapshot()
+        rows = []
+        for plan in plans:
+            if stage is not None and plan.name != stage:
+                continue
+            for node in plan.nodes:
+                state = states[node]
+                action = ("unreachable" if not state.reachable else
+                          "already" if state.current == self.manifest.version else
+                          f"upload + activate ({state.current or 'nothing'} -> "
+                          f"{self.manifest.version})")
+                rows.append({"stage": plan.name, "node": node, "action": action,
+                             "needs_approval": plan.needs_approval})
+        d = self.decision
+        gate = None
+        if d.refused:
+            gate = f"refused: {d.refused}"
+        elif plan_digest is not None and plan_digest != d.plan_digest:
+            gate = f"plan changed: now {d.plan_digest}"
+        elif d.not_before is None:
+            gate = "no start time: " + (d.reasons[-1].message if d.reasons else "?")
+        elif d.not_before > self.now:
+            gate = f"next window opens at {format_time(d.not_before)}"
+        return {"release": self.manifest.release_id, "lane": self.lane, "dry_run": True,
+                "class": d.release_class, "gate": gate, "plan_digest": d.plan_digest,
+                "nodes": rows}
+
+    def approve(self, stage: str, *, by: str | None, private_key: Any,
+                valid_hours: int) -> dict[str, Any]:
+        plans = {p.name: p for p in self.plans()}
+        if stage not in plans:
+            raise UsageError(f"no stage {stage!r} in the {self.lane} lane "
+                             f"(stages: {', '.join(plans)})")
+        approver = by or os.environ.get("GITLAB_USER_LOGIN") or os.environ.get("USER")
+        if not approver:
+            raise UsageError("who approves? give --by (in GitLab: $GITLAB_USER_LOGIN)")
+        approval = Approval(self.manifest.name, self.manifest.version,
+                            self.manifest.bundle.sha256, stage, approver, self.now,
+                            self.now + timedelta(hours=valid_hours), plans[stage].nodes)
+        envelope = approval.sign(private_key).to_dict() if private_key is not None else None
+        clients = make_clients(self.inventory)
+        recorded, failed = [], {}
+        for node in self.inventory.nodes:
+            try:
+                clients[node.name].post_approval(self.manifest.name, approval.to_dict(),
+                                                 envelope)
+                recorded.append(node.name)
+            except Exception as exc:  # noqa: BLE001 - reported per node below
+                failed[node.name] = str(exc)
+        if not recorded:
+            from hotrelease.errors import UnreachableError
+
+            raise UnreachableError("approval could not be recorded on any node: "
+                                   + "; ".join(f"{k}: {v}" for k, v in failed.items()))
+        return {"release": self.manifest.release_id, "stage": stage,
+                "bundle_sha256": self.manifest.bundle.sha256, "approved_by": approver,
+                "signed": envelope is not None, "nodes": list(plans[stage].nodes),
+                "recorded_on": recorded, "not_recorded": failed,
+                "expires": format_time(approval.expires)}
+
+    def status(self) -> dict[str, Any]:
+        publisher = self.publisher()
+        states = publisher.snapshot()
+        plans = self.plans()
+        stages = []
+        reached = None
+        for plan in plans:
+            done = publisher.stage_done(plan, states)
+            approval = publisher.find_approval(plan) if plan.needs_approval else None
+            stages.append({"stage": plan.name, "nodes": list(plan.nodes), "done": done,
+                           "needs_approval": plan.needs_approval,
+                           "approved_by": (approval or {}).get("approval", {}).get(
+                               "approved_by") if approval else None})
+            if done:
+                reached = plan.name
+        d = self.decision
+        pending = (format_time(d.not_before) if d.not_before is not None
+                   and d.not_before > self.now else None)
+        return {"release": self.manifest.release_id, "class": d.release_class,
+                "lane": self.lane, "stage_reached": reached, "stages": stages,
+                "pending_window": pending, "nodes": [_state_dict(s) for s in states.values()]}
+
+    def rollback(self, *, stage: str | None, dry_run: bool) -> dict[str, Any]:
+        plans = self.plans()
+        if stage is not None:
+            chosen = [p for p in plans if p.name == stage]
+            if not chosen:
+                raise UsageError(f"no stage {stage!r} in the {self.lane} lane")
+            scope = list(chosen[0].nodes)
+        else:
+            scope = [n.name for n in self.inventory.nodes]
+        publisher = self.publisher()
+        states = publisher.snapshot(scope)
+        targets = [n for n in scope if states[n].reachable
+                   and states[n].current == self.manifest.version]
+        if dry_run:
+            nodes = [{"node": n, "result": "would roll back", "version": states[n].previous}
+                     for n in targets]
+        else:
+            nodes = [o.__dict__ for o in publisher.revert(
+                targets, f"hotrelease rollback of {self.manifest.release_id}")]
+        untouched = [{"node": n, "result": "not on this release",
+                      "version": states[n].current} for n in scope if n not in targets]
+        return {"release": self.manifest.release_id, "nodes": nodes + untouched}
+
+    @staticmethod
+    def describe(report: dict[str, Any]) -> list[str]:
+        if report.get("dry_run"):
+            lines = [f"DRY RUN {report['release']} ({report['class']}, {report['lane']} lane, "
+                     f"plan {report['plan_digest'][:19]}…)"]
+            if report.get("gate"):
+                lines.append(f"would stop: {report['gate']}")
+            lines += [f"  [{r['stage']}] {r['node']}: {r['action']}"
+                      + (" (needs approval)" if r["needs_approval"] else "")
+                      for r in report["nodes"]]
+            return lines
+        if report.get("lane") == "none":
+            return [f"{report['release']}: {report['message']}"]
+        lines = [f"{report['release']} ({report.get('class')}, {report['lane']} lane): "
+                 f"ran {', '.join(report['stages_run']) or 'no stage'}"]
+        lines += [f"  [{n['stage']}] {n['node']}: {n['result']}" for n in report["nodes"]]
+        lines.append("rollout complete" if report["complete"]
+                     else f"next stage: {report['next_stage']}")
+        return lines
+
+
+def _verified_manifest(cfg: ProjectConfig, path: Path, now: datetime) -> ReleaseManifest:
+    """Verify locally when release keys are configured (agents verify again anyway)."""
+    if cfg.trust.release_keys:
+        from hotrelease.signing import load_trusted
+        from hotrelease.verify import verify_release
+
+        return verify_release(path, trusted=load_trusted(cfg.trust.release_keys),
+                              threshold=cfg.trust.threshold, now=now)
+    return load_manifest(path)
+
+
+def _state_dict(state: NodeState) -> dict[str, Any]:
+    return {"node": state.node, "reachable": state.reachable, "version": state.current,
+            "previous": state.previous, "state": state.state, "health": state.health,
+            "since": state.since, "error": state.error}
+
+
+def fleet_status(*, config: Path | None, plugin: str | None) -> dict[str, Any]:
+    cfg = load_config(config)
+    inventory = inventory_of(cfg)
+    name = plugin or cfg.plugin.name
+    states = read_fleet(make_clients(inventory), name, [n.name for n in inventory.nodes],
+                        inventory.settings)
+    return {"plugin": name, "nodes": [_state_dict(s) for s in states.values()]}
+
+
+def format_status(result: dict[str, Any]) -> list[str]:
+    lines = []
+    if "release" in result:
+        lines.append(f"release {result['release']} ({result['class']}, {result['lane']} lane)"
+                     f": stage reached {result['stage_reached'] or 'none'}"
+                     + (f"; window opens {result['pending_window']}"
+                        if result.get("pending_window") else ""))
+        for s in result["stages"]:
+            approval = (f"approved by {s['approved_by']}" if s["approved_by"] else
+                        "needs approval" if s["needs_approval"] else "no approval needed")
+            lines.append(f"  stage {s['stage']:<10} {'done' if s['done'] else 'pending':<8}"
+                         f" {approval}; nodes: {', '.join(s['nodes']) or '-'}")
+    header = f"{'NODE':<16} {'VERSION':<14} {'PREVIOUS':<14} {'HEALTH':<8} {'SINCE':<21} REACHABLE"
+    lines.append(header)
+    for n in result["nodes"]:
+        lines.append(f"{n['node']:<16} {n['version'] or '-':<14} {n['previous'] or '-':<14} "
+                     f"{n['health'] or '-':<8} {n['since'] or '-':<21} "
+                     f"{'yes' if n['reachable'] else 'NO: ' + (n['error'] or '')}")
+    return lines
+

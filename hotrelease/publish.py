@@ -1,0 +1,345 @@
+"""Staged rollout through the node agents: upload + activate per stage, bake, abort.
+
+The CLI stays stateless: progress is read back from the agents (the fleet is the ledger), so
+a publish that was killed half way is resumed by running it again. Every node is driven
+through `AgentAPI`; failures are retried with backoff, counted against the stage's
+threshold, and past it every node this release changed is rolled back.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from hotrelease.errors import (
+    AbortedError,
+    HotreleaseError,
+    NotNowError,
+    PolicyError,
+    UnreachableError,
+)
+from hotrelease.manifest import ReleaseManifest
+from hotrelease.rollout import Node, RolloutSettings, StagePlan
+from hotrelease.versioning import parse_version
+
+
+class AgentAPI(Protocol):
+    def plugin(self, name: str) -> dict[str, Any]: ...
+    def upload(self, manifest_path: Path, signature_path: Path, bundle_path: Path) -> Any: ...
+    def activate(self, name: str, version: str, **meta: Any) -> dict[str, Any]: ...
+    def rollback(self, name: str, version: str | None = None, **meta: Any) -> dict[str, Any]: ...
+    def history(self, name: str) -> list[dict[str, Any]]: ...
+    def post_approval(self, name: str, approval: dict[str, Any],
+                      envelope: dict[str, Any] | None) -> Any: ...
+
+
+@dataclass
+class NodeState:
+    node: str
+    reachable: bool
+    current: str | None = None
+    previous: str | None = None
+    state: str | None = None
+    health: str | None = None  # "pass" | "fail" | None (unknown)
+    since: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class NodeOutcome:
+    node: str
+    stage: str
+    result: str  # activated | already | rolled_back | failed | unreachable | reverted | planned
+    version: str | None = None
+    detail: str = ""
+
+
+@dataclass
+class Event:
+    kind: str  # stage-start, node, bake, stage-done, abort, approval-missing ...
+    stage: str | None = None
+    node: str | None = None
+    message: str = ""
+    total: int = 0
+
+
+@dataclass
+class PublishReport:
+    release_id: str
+    lane: str
+    stages_run: list[str] = field(default_factory=list)
+    outcomes: list[NodeOutcome] = field(default_factory=list)
+    complete: bool = False
+    next_stage: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"release": self.release_id, "lane": self.lane, "stages_run": self.stages_run,
+                "complete": self.complete, "next_stage": self.next_stage,
+                "nodes": [o.__dict__ for o in self.outcomes]}
+
+
+def _health_of(info: dict[str, Any]) -> str | None:
+    health = info.get("health") or info.get("last_health") or {}
+    if isinstance(health, dict):
+        status = health.get("status") or health.get("result")
+    else:
+        status = health
+    if status in ("pass", "ok", "healthy", True):
+        return "pass"
+    if status in ("fail", "failed", "unhealthy", False):
+        return "fail"
+    return None
+
+
+def call_with_retries(node: str, what: str, fn: Callable[[], Any], settings: RolloutSettings,
+                      sleep: Callable[[float], None] = time.sleep) -> Any:
+    """Run one agent call, retrying with exponential backoff while the agent is unreachable.
+    Refusals (4xx) are not retried: asking again gets the same answer."""
+    attempts = settings.retries + 1
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except UnreachableError as exc:
+            if attempt == attempts - 1:
+                raise UnreachableError(f"{node}: {what}: {exc}") from None
+            sleep(settings.retry_backoff * (2 ** attempt))
+    raise AssertionError("unreachable")
+
+
+def read_fleet(clients: dict[str, AgentAPI], plugin: str, names: list[str],
+               settings: RolloutSettings,
+               sleep: Callable[[float], None] = time.sleep) -> dict[str, NodeState]:
+    """What each node runs now, read concurrently; an unreachable node is reported, not
+    raised."""
+    def one(name: str) -> NodeState:
+        try:
+            info = call_with_retries(name, "read state", lambda: clients[name].plugin(plugin),
+                                     settings, sleep)
+        except UnreachableError as exc:
+            return NodeState(name, False, error=str(exc))
+        except HotreleaseError as exc:
+            if exc.code in ("not_found", "unknown_plugin", "plugin_not_found"):
+                return NodeState(name, True)
+            return NodeState(name, False, error=str(exc))
+        return NodeState(name, True, info.get("current"), info.get("previous"),
+                         info.get("state"), _health_of(info), info.get("activated_at"))
+
+    with ThreadPoolExecutor(max_workers=max(1, min(settings.concurrency, len(names)))) as pool:
+        return {s.node: s for s in pool.map(one, names)}
+
+
+class Publisher:
+    def __init__(self, manifest: ReleaseManifest, manifest_path: Path, signature_path: Path,
+                 bundle_path: Path, nodes: list[Node], clients: dict[str, AgentAPI],
+                 settings: RolloutSettings, *, lane: str,
+                 emit: Callable[[Event], None] = lambda e: None,
+                 sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic,
+                 meta: dict[str, Any] | None = None) -> None:
+        self.manifest = manifest
+        self.paths = (manifest_path, signature_path, bundle_path)
+        self.nodes = {n.name: n for n in nodes}
+        self.clients = clients
+        self.settings = settings
+        self.lane = lane
+        self.emit = emit
+        self.sleep = sleep
+        self.clock = clock
+        self.meta = meta or {}
+
+    # --- reading the fleet ------------------------------------------------------------------
+    def _call(self, node: str, what: str, fn: Callable[[], Any]) -> Any:
+        return call_with_retries(node, what, fn, self.settings, self.sleep)
+
+    def snapshot(self, names: Iterable[str] | None = None) -> dict[str, NodeState]:
+        return read_fleet(self.clients, self.manifest.name,
+                          list(names if names is not None else self.nodes),
+                          self.settings, self.sleep)
+
+    def check_not_superseding(self, states: dict[str, NodeState]) -> None:
+        """Refuse to start while another release is half rolled out: otherwise an abort of
+        ours could leave nodes on a third version."""
+        target = self.manifest.version
+        others = {s.current for s in states.values()
+                  if s.reachable and s.current not in (None, target)}
+        if len(others) > 1:
+            listing = ", ".join(sorted(others, key=parse_version))
+            raise PolicyError(f"fleet runs several versions of {self.manifest.name} ({listing}):"
+                              " another rollout is in progress; finish or roll it back first")
+        newer = [v for v in others if parse_version(v) > parse_version(target)]
+        if newer:
+            raise PolicyError(f"fleet already runs {newer[0]}, newer than {target}; use "
+                              "`hotrelease rollback` to go back")
+
+    def stage_done(self, plan: StagePlan, states: dict[str, NodeState]) -> bool:
+        """Done when at most `failure_threshold` of its nodes lack the release (a tolerated
+        failure does not block later stages; re-running the stage retries those nodes)."""
+        missing = [n for n in plan.nodes
+                   if not (states[n].reachable and states[n].current == self.manifest.version)]
+        return len(missing) <= plan.failure_threshold and len(missing) < len(plan.nodes) \
+            if plan.nodes else True
+
+    # --- approvals ------------------------------------------------------------------------
+    def find_approval(self, plan: StagePlan) -> dict[str, Any] | None:
+        """The fleet is the ledger: an approval recorded on any node of the stage counts."""
+        digest = self.manifest.bundle.sha256
+        for name in plan.nodes:
+            try:
+                records = self.clients[name].history(self.manifest.name)
+            except HotreleaseError:
+                continue
+            for record in reversed(records):
+                approval = record.get("approval") if isinstance(record, dict) else None
+                if (record.get("action") == "approval" and isinstance(approval, dict)
+                        and approval.get("stage") == plan.name
+                        and approval.get("bundle_sha256") == digest
+                        and approval.get("version") == self.manifest.version):
+                    return {"approval": approval, "envelope": record.get("envelope")}
+        return None
+
+    # --- driving a stage ------------------------------------------------------------------
+    def _deploy_node(self, name: str, plan: StagePlan, state: NodeState,
+                     approval: dict[str, Any] | None) -> NodeOutcome:
+        version = self.manifest.version
+        if state.reachable and state.current == version and state.health != "fail":
+            return NodeOutcome(name, plan.name, "already", version)
+        client = self.clients[name]
+        meta = {"stage": plan.name, "release_id": self.manifest.release_id,
+                "pipeline_url": self.meta.get("pipeline_url")}
+        if approval:
+            meta["approval"] = approval
+        try:
+            self._call(name, "upload", lambda: client.upload(*self.paths))
+            result = self._call(name, "activate",
+                                lambda: client.activate(self.manifest.name, version, **meta))
+        except UnreachableError as exc:
+            return NodeOutcome(name, plan.name, "unreachable", state.current, str(exc))
+        except HotreleaseError as exc:
+            return NodeOutcome(name, plan.name, "failed", state.current, str(exc))
+        status = result.get("result")
+        if status in ("rolled_back", "failed"):
+            return NodeOutcome(name, plan.name, status, result.get("current"),
+                               str(result.get("reason") or "health check failed"))
+        return NodeOutcome(name, plan.name, "activated", version)
+
+    def run_stage(self, plan: StagePlan, states: dict[str, NodeState],
+                  approval: dict[str, Any] | None) -> list[NodeOutcome]:
+        self.emit(Event("stage-start", plan.name, total=len(plan.nodes),
+                        message=f"stage {plan.name}: {len(plan.nodes)} node(s)"))
+
+        def one(name: str) -> NodeOutcome:
+            outcome = self._deploy_node(name, plan, states[name], approval)
+            self.emit(Event("node", plan.name, name, f"{name}: {outcome.result}"
+                            + (f" ({outcome.detail})" if outcome.detail else "")))
+            return outcome
+
+        with ThreadPoolExecutor(max_workers=self.settings.concurrency) as pool:
+            return list(pool.map(one, plan.nodes))
+
+    def bake(self, plan: StagePlan, nodes: list[str]) -> list[NodeOutcome]:
+        """Watch the stage's nodes for the bake time; any failure aborts, and a health that
+        is neither pass nor fail at the end pauses for a human."""
+        deadline = self.clock() + plan.bake_seconds
+        if plan.bake_seconds:
+            self.emit(Event("bake", plan.name, message=f"stage {plan.name}: baking "
+                            f"{plan.bake_seconds:g}s"))
+        if not nodes:
+            return []
+        while True:
+            states = self.snapshot(nodes)
+            bad = [NodeOutcome(n, plan.name, "failed" if s.reachable else "unreachable",
+                               s.current, s.error or f"health {s.health}, runs {s.current}")
+                   for n, s in states.items()
+                   if not s.reachable or s.current != self.manifest.version
+                   or s.health == "fail"]
+            if bad or self.clock() >= deadline:
+                break
+            self.sleep(min(self.settings.poll_interval, max(deadline - self.clock(), 0)))
+        if not bad:
+            unknown = [n for n, s in states.items() if s.health is None]
+            if unknown:
+                raise NotNowError(f"stage {plan.name}: health of {', '.join(unknown)} is "
+                                  "neither pass nor fail; paused for a human (re-run publish "
+                                  "to continue, or `hotrelease rollback`)", code="paused")
+        return bad
+
+    def revert(self, changed: list[str], reason: str) -> list[NodeOutcome]:
+        def one(name: str) -> NodeOutcome:
+            try:
+                result = self._call(name, "rollback", lambda: self.clients[name].rollback(
+                    self.manifest.name, None, reason=reason,
+                    pipeline_url=self.meta.get("pipeline_url")))
+            except HotreleaseError as exc:
+                return NodeOutcome(name, "abort", "failed", None, f"rollback failed: {exc}")
+            return NodeOutcome(name, "abort", "reverted", result.get("current"))
+
+        with ThreadPoolExecutor(max_workers=self.settings.concurrency) as pool:
+            return list(pool.map(one, changed))
+
+    def abort(self, plan: StagePlan, report: PublishReport, failures: list[NodeOutcome],
+              plans: list[StagePlan]) -> None:
+        reason = f"stage {plan.name} failed on {', '.join(f.node for f in failures)}"
+        self.emit(Event("abort", plan.name, message=f"ABORT: {reason}; rolling back"))
+        scope = [n for p in plans for n in p.nodes]
+        states = self.snapshot(scope)
+        changed = [n for n in scope if states[n].reachable
+                   and states[n].current == self.manifest.version]
+        report.outcomes.extend(self.revert(changed, reason))
+        lines = "; ".join(f"{o.node}: {o.result}" + (f" ({o.detail})" if o.detail else "")
+                          for o in report.outcomes if o.result not in ("already", "activated"))
+        raise AbortedError(f"{self.manifest.release_id}: {reason}; rolled back "
+                           f"{len(changed)} node(s). {lines}")
+
+    # --- the whole thing ------------------------------------------------------------------
+    def publish(self, plans: list[StagePlan], *, stage: str | None = None,
+                all_stages: bool = False) -> PublishReport:
+        report = PublishReport(self.manifest.release_id, self.lane)
+        names = [p.name for p in plans]
+        if stage is not None and stage not in names:
+            raise PolicyError(f"no stage {stage!r} in the {self.lane} lane "
+                              f"(stages: {', '.join(names)})")
+        states = self.snapshot([n for p in plans for n in p.nodes])
+        self.check_not_superseding(states)
+        for index, plan in enumerate(plans):
+            done = self.stage_done(plan, states)
+            if stage is not None and plan.name != stage:
+                if names.index(stage) > index and not done:
+                    raise PolicyError(f"stage {plan.name!r} is not complete yet; publish it "
+                                      f"before {stage!r}")
+                continue
+            if done and stage is None:
+                continue
+            approval = None
+            if plan.needs_approval:
+                approval = self.find_approval(plan)
+                if approval is None:
+                    report.next_stage = plan.name
+                    raise NotNowError(f"stage {plan.name!r} of {self.manifest.release_id} needs "
+                                      "an approval for this bundle digest: "
+                                      f"`hotrelease approve MANIFEST --stage {plan.name}`",
+                                      code="approval_required")
+            outcomes = self.run_stage(plan, states, approval)
+            report.stages_run.append(plan.name)
+            report.outcomes.extend(outcomes)
+            failures = [o for o in outcomes if o.result in ("failed", "unreachable",
+                                                            "rolled_back")]
+            if any(o.result == "rolled_back" for o in failures) or \
+                    len(failures) > plan.failure_threshold:
+                self.abort(plan, report, failures, plans[:index + 1])
+            healthy = [o.node for o in outcomes if o.result in ("activated", "already")]
+            baked = self.bake(plan, healthy)
+            if any(b.result == "failed" for b in baked) or \
+                    len(baked) + len(failures) > plan.failure_threshold:
+                self.abort(plan, report, failures + baked, plans[:index + 1])
+            self.emit(Event("stage-done", plan.name, message=f"stage {plan.name}: done"))
+            states.update(self.snapshot(plan.nodes))
+            if stage is not None or not all_stages:
+                break
+        remaining = [p.name for p in plans if not self.stage_done(p, states)]
+        report.complete = not remaining
+        report.next_stage = remaining[0] if remaining else None
+        return report

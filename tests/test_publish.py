@@ -1,0 +1,360 @@
+"""Staged publish against a fleet of real agents (separate processes on loopback), each
+managing a real Python plugin host: canary, approvals, waves, abort, resume, windows."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import AGENT_TOKEN, hosted_agent, wait_until
+
+from hotrelease.errors import EXIT_ABORTED, EXIT_NOT_NOW, EXIT_OK, EXIT_REFUSED
+
+NOW = "2026-11-24T12:00:00Z"  # a Tuesday
+
+
+ALWAYS_OPEN = """
+[[windows]]
+name = "always"
+days = ["mon-sun"]
+start = "00:00"
+duration = "1d"
+timezone = "UTC"
+"""
+
+
+class Fleet:
+    def __init__(self, repo, agents, cli):
+        self.repo, self.agents, self.cli = repo, agents, cli
+        self.by_name = {f"node-{i}": a for i, a in enumerate(agents)}
+        self.env = {"HOTRELEASE_AGENT_TOKEN": AGENT_TOKEN}
+
+    def configure(self, rollout: str = "", extra: str = ALWAYS_OPEN) -> None:
+        """Append nodes, trust and rollout config to the plugin repo's hotrelease.toml."""
+        config = self.repo.path / "hotrelease.toml"
+        base = config.read_text().split("\n# --- test fleet ---")[0]
+        nodes = "".join(f'\n[[nodes]]\nname = "{n}"\nurl = "{a.url}"\n'
+                        for n, a in self.by_name.items())
+        keys = self.repo.path.parent / "keys"
+        config.write_text(f"{base}\n# --- test fleet ---\n[trust]\nrelease_keys = "
+                          f'["{keys / "release.pub"}"]\nsecurity_keys = '
+                          f'["{keys / "security.pub"}"]\n{extra}\n{nodes}\n{rollout}\n')
+
+    def run(self, *args, now: str = NOW, env=None):
+        return self.cli(*args, "--now", now, cwd=self.repo.path,
+                        env={**self.env, **(env or {})}, timeout=180)
+
+    def versions(self) -> dict[str, str | None]:
+        out = {}
+        for name, agent in self.by_name.items():
+            with agent.client() as client:
+                out[name] = client.plugin("greeter").get("current")
+        return out
+
+    def serving(self) -> dict[str, str | None]:
+        return {n: a.host.health().get("version") for n, a in self.by_name.items()}
+
+
+FAST = """
+[rollout]
+poll_interval = 0.1
+retry_backoff = 0.05
+retries = 1
+
+[[rollout.scheduled]]
+name = "canary"
+nodes = 1
+bake_seconds = 0.3
+
+[[rollout.scheduled]]
+name = "wave-1"
+percent = 40
+approval = true
+
+[[rollout.scheduled]]
+name = "all"
+percent = 100
+approval = true
+
+[[rollout.urgent]]
+name = "canary"
+nodes = 1
+
+[[rollout.urgent]]
+name = "all"
+percent = 100
+"""
+
+# No stage gates, and no class gates either (a first release counts as major).
+NO_APPROVAL = FAST.replace("approval = true", "approval = false") + \
+    "\n[policy]\napproval_classes = []\n"
+
+
+@pytest.fixture
+def fleet(make_agent, plugin_repo, make_key, cli):
+    make_key("security")
+
+    def make(n: int, rollout: str = FAST, extra: str = ALWAYS_OPEN) -> Fleet:
+        agents = [hosted_agent(make_agent, security_keys=[
+            plugin_repo.path.parent / "keys" / "security.pub"]) for _ in range(n)]
+        f = Fleet(plugin_repo, agents, cli)
+        f.configure(rollout, extra)
+        plugin_repo.commit("fleet config")
+        return f
+
+    return make
+
+
+def dry_plan(fleet: Fleet, manifest: Path) -> dict[str, list[str]]:
+    result = fleet.run("publish", manifest, "--dry-run", "--json")
+    assert result.code == EXIT_OK, result.stderr
+    plan: dict[str, list[str]] = {}
+    for row in json.loads(result.stdout)["nodes"]:
+        plan.setdefault(row["stage"], []).append(row["node"])
+    return plan
+
+
+def test_five_nodes_canary_approval_waves(fleet, build_plugin):
+    f = fleet(5)
+    release = build_plugin("1.0.0")
+    plan = dry_plan(f, release.manifest)
+    assert [len(plan[s]) for s in ("canary", "wave-1", "all")] == [1, 1, 3]
+    assert dry_plan(f, release.manifest) == plan, "a second process computes the same plan"
+
+    first = f.run("publish", release.manifest, "--json")
+    assert first.code == EXIT_OK, first.stderr
+    assert json.loads(first.stdout)["next_stage"] == "wave-1"
+    versions = f.versions()
+    assert [n for n, v in versions.items() if v == "1.0.0"] == plan["canary"]
+    assert f.serving()[plan["canary"][0]] == "1.0.0"
+
+    gated = f.run("publish", release.manifest, "--stage", "wave-1")
+    assert gated.code == EXIT_NOT_NOW and "needs an approval" in gated.error_line
+    assert f.versions() == versions, "a gated stage without approval changes nothing"
+
+    approved = f.run("approve", release.manifest, "--stage", "wave-1", "--by", "alice",
+                     "--json")
+    assert approved.code == EXIT_OK, approved.stderr
+    assert json.loads(approved.stdout)["nodes"] == plan["wave-1"]
+    assert f.run("publish", release.manifest, "--stage", "wave-1").code == EXIT_OK
+    assert f.run("approve", release.manifest, "--stage", "all", "--by", "bob").code == EXIT_OK
+    done = f.run("publish", release.manifest, "--all-stages", "--json")
+    assert done.code == EXIT_OK, done.stderr
+    assert json.loads(done.stdout)["complete"] is True
+    assert set(f.versions().values()) == {"1.0.0"}
+    assert set(f.serving().values()) == {"1.0.0"}
+
+    status = f.run("status", release.manifest, "--json")
+    assert status.code == EXIT_OK, status.stderr
+    doc = json.loads(status.stdout)
+    assert doc["stage_reached"] == "all"
+    assert [s["approved_by"] for s in doc["stages"]] == [None, "alice", "bob"]
+    approvals = [r for r in f.by_name[plan["wave-1"][0]].history() if r.get("action") ==
+                 "approval"]
+    assert approvals and approvals[0]["approval"]["approved_by"] == "alice"
+
+
+def test_approval_for_another_digest_is_refused(fleet, build_plugin):
+    f = fleet(3)
+    release = build_plugin("1.0.0")
+    assert f.run("publish", release.manifest).code == EXIT_OK
+    assert f.run("approve", release.manifest, "--stage", "wave-1", "--by", "alice").code == 0
+    before = f.versions()
+    rebuilt = build_plugin("1.0.0", env={"SOURCE_DATE_EPOCH": "1700000999"})
+    result = f.run("publish", rebuilt.manifest, "--stage", "wave-1")
+    assert result.code == EXIT_NOT_NOW and "approval" in result.error_line
+    assert f.versions() == before
+
+
+def test_canary_health_failure_aborts_and_touches_nothing_else(fleet, build_plugin):
+    f = fleet(4, NO_APPROVAL)
+    good = build_plugin("1.0.0")
+    assert f.run("publish", good.manifest, "--all-stages").code == EXIT_OK
+    histories = {n: len(a.history()) for n, a in f.by_name.items()}
+    broken = build_plugin("1.1.0", env={"GREETER_BROKEN": "1"})
+    canary = dry_plan(f, broken.manifest)["canary"][0]
+    result = f.run("publish", broken.manifest, "--all-stages")
+    assert result.code == EXIT_ABORTED, result.stderr
+    assert "canary" in result.error_line and canary in result.error_line
+    assert set(f.versions().values()) == {"1.0.0"}
+    assert set(f.serving().values()) == {"1.0.0"}
+    for name, agent in f.by_name.items():
+        if name != canary:
+            assert len(agent.history()) == histories[name], f"{name} was touched"
+
+
+def test_unreachable_node_counts_against_the_threshold(fleet, build_plugin):
+    f = fleet(5, NO_APPROVAL)
+    base = build_plugin("1.0.0")
+    assert f.run("publish", base.manifest, "--all-stages").code == EXIT_OK
+    f.repo.tag("v1.0.0")
+    release = build_plugin("1.1.0")
+    plan = dry_plan(f, release.manifest)
+    victim = plan["wave-1"][0]
+    f.by_name[victim].stop()
+    result = f.run("publish", release.manifest, "--all-stages")
+    assert result.code == EXIT_ABORTED
+    assert victim in result.error_line and "unreachable" in result.error_line
+    assert "rolled back 1 node(s)" in result.error_line  # the canary (wave-1 is the victim)
+    alive = {n: a for n, a in f.by_name.items() if n != victim}
+    for name, agent in alive.items():
+        with agent.client() as client:
+            assert client.plugin("greeter")["current"] == "1.0.0", name
+        assert agent.host.health()["version"] == "1.0.0"
+    untouched = [n for n in alive if n in plan["all"]]
+    for name in untouched:
+        assert not any(r.get("version") == "1.1.0" for r in f.by_name[name].history())
+
+
+def test_unreachable_node_within_threshold_lets_the_rollout_finish(fleet, build_plugin):
+    tolerant = NO_APPROVAL.replace('name = "wave-1"\npercent = 40',
+                                   'name = "wave-1"\npercent = 40\nfailure_threshold = 1')
+    f = fleet(5, tolerant)
+    release = build_plugin("1.0.0")
+    victim = dry_plan(f, release.manifest)["wave-1"][0]
+    f.by_name[victim].stop()
+    result = f.run("publish", release.manifest, "--all-stages", "--json")
+    assert result.code == EXIT_OK, result.stderr
+    outcomes = {n["node"]: n["result"] for n in json.loads(result.stdout)["nodes"]}
+    assert outcomes[victim] == "unreachable"
+    assert sum(1 for r in outcomes.values() if r == "activated") == 4
+
+
+def test_killed_publish_resumes_and_the_fleet_ends_consistent(fleet, build_plugin):
+    slow = NO_APPROVAL.replace("bake_seconds = 0.3", "bake_seconds = 30")
+    f = fleet(4, slow)
+    release = build_plugin("1.0.0")
+    canary = dry_plan(f, release.manifest)["canary"][0]
+    proc = subprocess.Popen([sys.executable, "-m", "hotrelease", "publish", release.manifest,
+                             "--all-stages", "--now", NOW], cwd=f.repo.path,
+                            env={**os.environ, **f.env}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_until(lambda: f.versions()[canary] == "1.0.0", 60, "the canary to activate")
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=10)
+    assert sum(v == "1.0.0" for v in f.versions().values()) == 1
+    f.configure(NO_APPROVAL)  # a shorter bake for the re-run; same stages, same plan
+    result = f.run("publish", release.manifest, "--all-stages", "--json")
+    assert result.code == EXIT_OK, result.stderr
+    outcomes = {n["node"]: n["result"] for n in json.loads(result.stdout)["nodes"]}
+    assert outcomes.get(canary) in (None, "already")
+    assert set(f.versions().values()) == {"1.0.0"}
+
+
+WINDOWS = """
+[[windows]]
+name = "tuesday-night"
+days = ["tue"]
+start = "22:00"
+duration = "2h"
+timezone = "UTC"
+"""
+
+
+def test_scheduled_release_outside_its_window_is_refused_with_the_next_window(
+        fleet, build_plugin):
+    f = fleet(2, NO_APPROVAL, extra=WINDOWS)
+    release = build_plugin("1.0.0")
+    result = f.run("publish", release.manifest)
+    assert result.code == EXIT_NOT_NOW
+    assert "next window opens at 2026-11-24T22:00:00Z" in result.error_line
+    assert set(f.versions().values()) == {None}
+    inside = f.run("publish", release.manifest, "--all-stages", now="2026-11-24T22:30:00Z")
+    assert inside.code == EXIT_OK, inside.stderr
+    assert set(f.versions().values()) == {"1.0.0"}
+
+
+def _security_label(f, release, version):
+    keys = f.repo.path.parent / "keys"
+    result = f.cli("label", "security", "--manifest", release.manifest, "--advisory",
+                   "CVE-2026-1234", "--severity", "high", "--key", keys / "security.key",
+                   "--now", NOW, cwd=f.repo.path)
+    assert result.code == EXIT_OK, result.stderr
+
+
+@pytest.mark.parametrize("break_glass", [True, False])
+def test_signed_security_patch_during_a_freeze_needs_break_glass(fleet, build_plugin,
+                                                                break_glass):
+    glass = "true" if break_glass else "false"
+    freeze = ALWAYS_OPEN + ('\n[[freezes]]\nname = "launch"\nstart = 2026-11-20\n'
+                            f'end = 2026-11-30\ntimezone = "UTC"\nbreak_glass = {glass}\n')
+    f = fleet(3, NO_APPROVAL, extra=freeze)
+    base = build_plugin("1.0.0")
+    f.repo.tag("v1.0.0")
+    # The base rollout happened before the freeze.
+    assert f.run("publish", base.manifest, "--all-stages",
+                 now="2026-11-10T12:00:00Z").code == EXIT_OK
+    patch = build_plugin("1.0.1")
+    feature_like = f.run("publish", patch.manifest)
+    assert feature_like.code == EXIT_NOT_NOW, "unlabelled patch waits for the freeze to end"
+    _security_label(f, patch, "1.0.1")
+    result = f.run("publish", patch.manifest, "--all-stages", "--json")
+    if break_glass:
+        assert result.code == EXIT_OK, result.stderr
+        assert json.loads(result.stdout)["lane"] == "urgent"
+        assert set(f.versions().values()) == {"1.0.1"}
+    else:
+        assert result.code in (EXIT_NOT_NOW, EXIT_REFUSED)
+        assert set(f.versions().values()) == {"1.0.0"}
+
+
+def test_dry_run_changes_nothing(fleet, build_plugin):
+    f = fleet(2, NO_APPROVAL)
+    release = build_plugin("1.0.0")
+    snapshots = {n: a.snapshot() for n, a in f.by_name.items()}
+    result = f.run("publish", release.manifest, "--all-stages", "--dry-run")
+    assert result.code == EXIT_OK, result.stderr
+    assert "upload + activate" in result.stdout
+    assert {n: a.snapshot() for n, a in f.by_name.items()} == snapshots
+
+
+def test_plan_digest_mismatch_is_refused(fleet, build_plugin):
+    f = fleet(2, NO_APPROVAL)
+    release = build_plugin("1.0.0")
+    plan = f.run("plan", "--manifest", release.manifest, "--json")
+    assert plan.code == EXIT_OK, plan.stderr
+    digest = json.loads(plan.stdout)["plan_digest"]
+    wrong = f.run("publish", release.manifest, "--plan", "sha256:" + "0" * 64)
+    assert wrong.code == EXIT_REFUSED and "plan changed" in wrong.error_line
+    right = f.run("publish", release.manifest, "--all-stages", "--plan", digest)
+    assert right.code == EXIT_OK, right.stderr
+
+
+def test_rollback_command_returns_the_fleet(fleet, build_plugin):
+    f = fleet(3, NO_APPROVAL)
+    first = build_plugin("1.0.0")
+    assert f.run("publish", first.manifest, "--all-stages").code == EXIT_OK
+    f.repo.tag("v1.0.0")
+    second = build_plugin("1.1.0")
+    assert f.run("publish", second.manifest, "--all-stages").code == EXIT_OK
+    assert set(f.versions().values()) == {"1.1.0"}
+    result = f.run("rollback", second.manifest, "--json")
+    assert result.code == EXIT_OK, result.stderr
+    assert set(f.versions().values()) == {"1.0.0"}
+    assert set(f.serving().values()) == {"1.0.0"}
+
+
+def test_publish_is_refused_while_another_rollout_is_half_done(fleet, build_plugin):
+    f = fleet(3, NO_APPROVAL)
+    v1 = build_plugin("1.0.0")
+    assert f.run("publish", v1.manifest, "--all-stages").code == EXIT_OK
+    f.repo.tag("v1.0.0")
+    v2 = build_plugin("1.1.0")
+    assert f.run("publish", v2.manifest).code == EXIT_OK  # without --all-stages: canary only
+    states = f.versions()
+    assert sorted(states.values()) == ["1.0.0", "1.0.0", "1.1.0"]
+    v3 = build_plugin("1.2.0")
+    result = f.run("publish", v3.manifest, "--all-stages")
+    assert result.code == EXIT_REFUSED and "another rollout" in result.error_line
+    assert f.versions() == states, "no node may end up on a third version"
+    # Passing twin: finishing the running rollout first lets the newer one go.
+    assert f.run("publish", v2.manifest, "--all-stages").code == EXIT_OK
+    assert f.run("publish", v3.manifest, "--all-stages").code == EXIT_OK
+    assert set(f.versions().values()) == {"1.2.0"}
