@@ -44,10 +44,21 @@ class HealthCheck:
 
 
 @dataclass(frozen=True)
+class PrecheckHook:
+    """A command run before the switch; non-zero refuses the activation with nothing
+    changed. `{release_dir}` in an argument is the stored release being activated (e.g. a
+    Go host's `-check-abi {release_dir}`)."""
+
+    command: tuple[str, ...] = ()
+    timeout: float = 30.0
+
+
+@dataclass(frozen=True)
 class PluginConfig:
     name: str
     reload: ReloadHook
     health: HealthCheck
+    precheck: PrecheckHook = PrecheckHook()
 
 
 @dataclass(frozen=True)
@@ -73,6 +84,7 @@ class AgentConfig:
     tls: TlsConfig | None = None
     approval_keys: dict[str, PublicKey] = field(default_factory=dict)
     approval_threshold: int = 1
+    node_name: str | None = None  # matched against the node list of a stage approval
 
 
 def _path(base: Path, value: str) -> Path:
@@ -125,6 +137,17 @@ def _reload(t: Table, base: Path) -> ReloadHook:
     return ReloadHook("none", timeout=timeout)
 
 
+def _precheck(t: Table) -> PrecheckHook:
+    if not t.data:
+        return PrecheckHook()
+    command = t.str_list("command")
+    if not command:
+        raise t.error("command", "must not be empty")
+    hook = PrecheckHook(tuple(command), t.float("timeout", 30.0, min=0.1))
+    t.finish()
+    return hook
+
+
 def _health(t: Table) -> HealthCheck:
     if t.has("command") and t.has("url"):
         raise t.error("url", "give only one of command, url")
@@ -162,6 +185,7 @@ def load_agent_config(path: Path) -> AgentConfig:
     listen = agent.str("listen", "127.0.0.1")
     port = agent.int("port", DEFAULT_PORT, min=0, max=65535)
     max_upload = agent.int("max_upload_bytes", DEFAULT_MAX_UPLOAD, min=1)
+    node_name = agent.str("node_name", None)
     agent.finish()
 
     trust = root.table("trust", required=True)
@@ -203,8 +227,9 @@ def load_agent_config(path: Path) -> AgentConfig:
             raise ptable.error(name, str(exc)) from None
         reload_hook = _reload(pt.table("reload"), base)
         health = _health(pt.table("health"))
+        precheck = _precheck(pt.table("precheck"))
         pt.finish()
-        plugins[name] = PluginConfig(name, reload_hook, health)
+        plugins[name] = PluginConfig(name, reload_hook, health, precheck)
     ptable.finish()
 
     tls = None
@@ -225,4 +250,4 @@ def load_agent_config(path: Path) -> AgentConfig:
         raise ConfigError(f"{path}: plugins: configure at least one [plugins.<name>] slot")
     return AgentConfig(path, data_dir, listen, port, max_upload, trusted, threshold,
                        security_keys, security_threshold, tokens, plugins, tls,
-                       approval_keys, approval_threshold)
+                       approval_keys, approval_threshold, node_name)

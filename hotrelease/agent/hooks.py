@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-from hotrelease.agent.config import HealthCheck, ReloadHook
+from hotrelease.agent.config import HealthCheck, PrecheckHook, ReloadHook
 
 MAX_BODY = 64 * 1024
 
@@ -41,6 +41,17 @@ def _run_command(argv: list[str], timeout: float, env: dict[str, str]) -> tuple[
     if proc.returncode != 0:
         return False, f"{argv[0]} exited with {proc.returncode}" + (f": {text}" if text else "")
     return True, text or "ok"
+
+
+def run_precheck(hook: PrecheckHook, *, name: str, version: str,
+                 release_dir: str) -> tuple[bool, str]:
+    """(True, "") when no precheck is configured; else the command's verdict."""
+    if not hook.command:
+        return True, ""
+    argv = [arg.replace("{release_dir}", release_dir) for arg in hook.command]
+    env = {"HOTRELEASE_PLUGIN": name, "HOTRELEASE_VERSION": version,
+           "HOTRELEASE_RELEASE_DIR": release_dir}
+    return _run_command(argv, hook.timeout, env)
 
 
 def _http(method: str, url: str, timeout: float) -> tuple[int, bytes]:

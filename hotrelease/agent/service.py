@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from hotrelease.agent.config import AgentConfig, PluginConfig
-from hotrelease.agent.hooks import run_health, run_reload
+from hotrelease.agent.hooks import run_health, run_precheck, run_reload
 from hotrelease.agent.store import Store, crash_point, fsync_dir, utcnow, write_json
 from hotrelease.canonical import canonical_bytes
 from hotrelease.checksum import sha256_file
@@ -89,7 +89,8 @@ def _below(a: str, b: str) -> bool:
 
 @dataclass
 class Meta:
-    """Caller-supplied context recorded in history (approvals are enforced in issue 5)."""
+    """Caller-supplied context recorded in history. `approval` ({"approval", "envelope"}) is
+    enforced when the agent has approver keys (see `Agent.check_approval`)."""
 
     stage: str | None = None
     release_id: str | None = None
@@ -333,9 +334,37 @@ class Agent:
                 code="downgrade"))
         try:
             self._check_release_files(name, version)
-        except VerificationError as exc:
+            if not rollback:
+                self.check_approval(name, version, info["bundle_sha256"], record)
+        except (VerificationError, PolicyError) as exc:
             raise self.refuse(name, record, exc) from None
+        ok, detail = run_precheck(pcfg.precheck, name=name, version=version,
+                                  release_dir=str(self.store.release_dir(name, version)))
+        if not ok:
+            raise self.refuse(name, record, PolicyError(
+                f"precheck refused {name}@{version} before the switch: {detail}",
+                code="precheck_failed"))
         return self._switch(pcfg, state, old, version, record)
+
+    def check_approval(self, name: str, version: str, bundle_sha256: str,
+                       record: dict[str, Any]) -> None:
+        """With approver keys configured, this node activates nothing (except a rollback)
+        without a stage approval signed by them for this exact build and naming this node:
+        a CI token alone cannot push past the nodes ops left ungated."""
+        if not self.config.approval_keys:
+            return
+        from hotrelease.approvals import verify_signed_approval
+
+        given = record.get("approval")
+        if not isinstance(given, dict) or not isinstance(given.get("approval"), dict) \
+                or not isinstance(given.get("envelope"), dict):
+            raise PolicyError(f"this node requires a signed stage approval to activate "
+                              f"{name}@{version}", code="approval_required")
+        verify_signed_approval(given["approval"], Envelope.from_dict(given["envelope"]),
+                               trusted=self.config.approval_keys,
+                               threshold=self.config.approval_threshold, name=name,
+                               version=version, bundle_sha256=bundle_sha256, stage=None,
+                               now=self.clock(), node=self.config.node_name)
 
     def _check_release_files(self, name: str, version: str) -> None:
         """The stored files still match the signed manifest (disk rot, tampering)."""
