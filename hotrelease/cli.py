@@ -16,6 +16,8 @@ import typer
 from hotrelease import __version__
 from hotrelease.commands import agent as agent_commands
 from hotrelease.commands import classify as classify_commands
+from hotrelease.commands import init as init_commands
+from hotrelease.commands import publish as publish_commands
 from hotrelease.commands import release as release_commands
 from hotrelease.errors import HotreleaseError
 
@@ -52,6 +54,8 @@ def _root(
 release_commands.register(app)
 classify_commands.register(app)
 agent_commands.register(app)
+publish_commands.register(app)
+init_commands.register(app)
 release_commands.register_demo(app)
 
 

@@ -1,29 +1,70 @@
-"""`hotrelease demo`: the whole flow on the embedded example plugin, in a temp dir.
+"""`hotrelease demo`: the whole product on this machine, in a temp dir, in under a minute.
 
-Grows with the product: today build -> sign -> verify (and a tampered copy refused).
+Starts a small fleet of real agents (each managing a Python plugin host), then walks the
+example plugin through: first rollout with an approval, a feature release that waits for its
+maintenance window, a signed security patch that takes the urgent lane straight through, and
+a broken release that the canary catches and rolls back. Everything it starts, it stops.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
-from collections.abc import Callable
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
 
-from hotrelease.artifact import build_release
-from hotrelease.config import load_config
-from hotrelease.errors import VerificationError
+from hotrelease.errors import HotreleaseError
 from hotrelease.manifest import parse_manifest_bytes
 from hotrelease.signing import MANIFEST_TYPE, Envelope, generate_keypair, load_private_key
-from hotrelease.verify import signature_path_for, verify_release
+from hotrelease.verify import signature_path_for
+
+Say = Callable[[str], None]
+
+DEMO_CONFIG = """
+[trust]
+release_keys = ["{keys}/release.pub"]
+security_keys = ["{keys}/security.pub"]
+
+[[windows]]
+name = "nightly"
+days = ["mon-sun"]
+start = "02:00"
+duration = "2h"
+timezone = "UTC"
+
+[rollout]
+poll_interval = 0.1
+retries = 1
+retry_backoff = 0.1
+
+[[rollout.scheduled]]
+name = "canary"
+nodes = 1
+bake_seconds = 1
+
+[[rollout.scheduled]]
+name = "all"
+percent = 100
+approval = true
+
+[[rollout.urgent]]
+name = "canary"
+nodes = 1
+bake_seconds = 0.5
+
+[[rollout.urgent]]
+name = "all"
+percent = 100
+"""
 
 
 def example_dir(name: str = "python-plugin") -> Path:
-    root = resources.files("hotrelease.examples") / name
-    return Path(str(root))
+    return Path(str(resources.files("hotrelease.examples") / name))
 
 
 def copy_example(target: Path, name: str = "python-plugin") -> Path:
@@ -40,34 +81,160 @@ def sign_manifest(manifest_path: Path, key_path: Path) -> None:
     envelope.save(sig_path)
 
 
-def run_demo(say: Callable[[str], None], workdir: Path | None = None) -> None:
-    now = datetime.now(UTC)
-    with tempfile.TemporaryDirectory(prefix="hotrelease-demo-") as tmp:
-        base = Path(workdir or tmp)
-        say(f"demo workspace: {base}")
-        plugin = copy_example(base / "greeter")
-        public = generate_keypair(base / "release")
-        say(f"1. keygen: throwaway release key {public.keyid[:12]}")
-        cfg = load_config(plugin / "hotrelease.toml")
-        result = build_release(cfg, version="1.0.0", out_dir=None, allow_dirty=True, now=now,
-                               env={**os.environ, "SOURCE_DATE_EPOCH": "1700000000"})
-        say(f"2. build: {result.bundle_path.name} sha256 {result.manifest.bundle.sha256[:16]}… "
-            f"({len(result.manifest.files)} files)")
-        sign_manifest(result.manifest_path, base / "release.key")
-        say(f"3. sign: {signature_path_for(result.manifest_path).name}")
-        trusted = {public.keyid: public}
-        verify_release(result.manifest_path, trusted=trusted, threshold=1, now=now)
-        say("4. verify: signatures, digests, sizes and expiry OK")
-        tampered = base / "tampered"
-        shutil.copytree(result.manifest_path.parent, tampered)
-        bundle = tampered / result.bundle_path.name
-        data = bytearray(bundle.read_bytes())
-        data[len(data) // 2] ^= 0xFF
-        bundle.write_bytes(bytes(data))
+def _git(repo: Path, *args: str) -> None:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "demo", "GIT_AUTHOR_EMAIL": "demo@localhost",
+           "GIT_COMMITTER_NAME": "demo", "GIT_COMMITTER_EMAIL": "demo@localhost"}
+    subprocess.run(["git", *args], cwd=repo, env=env, check=True, capture_output=True)
+
+
+@contextmanager
+def _env(**values: str) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+class Demo:
+    def __init__(self, base: Path, say: Say, nodes: int) -> None:
+        self.base, self.say, self.count = base, say, nodes
+        self.keys = base / "keys"
+        self.repo = base / "greeter"
+
+    def run(self) -> None:
+        from hotrelease.localfleet import LocalFleet
+
+        self.keys.mkdir()
+        release = generate_keypair(self.keys / "release")
+        generate_keypair(self.keys / "security")
+        self.say(f"keys: throwaway release key {release.keyid[:12]}, security-team key")
+        fleet = LocalFleet(self.base / "fleet", self.count, [self.keys / "release.pub"],
+                           (self.keys / "security.pub",))
+        self.say(f"starting {self.count} agents, each managing a Python plugin host ...")
+        with fleet.start(), _env(HOTRELEASE_AGENT_TOKEN=fleet.token, CI="true"):
+            self.fleet = fleet
+            self._make_repo(fleet.inventory_toml())
+            self.status("fleet is up, nothing deployed")
+            self.steps()
+        self.say(f"stopped {self.count} agents and {self.count} hosts; nothing left running")
+
+    def _make_repo(self, inventory: str) -> None:
+        copy_example(self.repo)
+        config = self.repo / "hotrelease.toml"
+        config.write_text(config.read_text() + DEMO_CONFIG.format(keys=self.keys) + inventory)
+        (self.repo / ".gitignore").write_text("dist/\n")
+        _git(self.repo, "init", "-q", "-b", "main")
+        _git(self.repo, "add", "-A")
+        _git(self.repo, "commit", "-q", "-m", "greeter plugin")
+
+    # --- the story ------------------------------------------------------------------------
+    def steps(self) -> None:
+        today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        inside = today + timedelta(hours=2, minutes=30)  # inside the nightly window
+        outside = today + timedelta(hours=12)
+
+        self.say("\n== 1. first release 1.0.0: canary, then a release manager approves 'all'")
+        v100 = self.build("1.0.0")
+        self.publish(v100, inside)
+        self.approve(v100, "all", inside)
+        self.publish(v100, inside)
+        self.status("1.0.0 everywhere")
+        _git(self.repo, "tag", "v1.0.0")
+
+        self.say("\n== 2. feature release 1.1.0: scheduled lane, waits for its window")
+        v110 = self.build("1.1.0")
+        self.publish(v110, outside)
+        later = inside + timedelta(days=1)
+        self.say(f"   ... it is now {later:%Y-%m-%d %H:%M}Z, inside the window")
+        self.publish(v110, later)
+        self.approve(v110, "all", later)
+        self.publish(v110, later)
+        self.status("1.1.0 everywhere")
+        _git(self.repo, "tag", "v1.1.0")
+
+        self.say("\n== 3. security patch 1.1.1, labelled by the security team: urgent lane")
+        v111 = self.build("1.1.1")
+        self.label(v111, outside)
+        self.publish(v111, outside, all_stages=True)
+        self.status("1.1.1 everywhere, outside any window, no approval needed")
+        _git(self.repo, "tag", "v1.1.1")
+
+        self.say("\n== 4. broken release 1.2.0: the canary's health check fails")
+        v120 = self.build("1.2.0", broken=True)
+        self.publish(v120, later + timedelta(days=1))
+        self.status("the canary rolled back: 1.1.1 everywhere")
+
+    # --- helpers ----------------------------------------------------------------------------
+    def build(self, version: str, broken: bool = False) -> Path:
+        from hotrelease.artifact import build_release
+        from hotrelease.config import load_config
+
+        env = {**os.environ, "SOURCE_DATE_EPOCH": "1700000000"}
+        if broken:
+            env["GREETER_BROKEN"] = "1"
+        result = build_release(load_config(self.repo / "hotrelease.toml"), version=version,
+                               out_dir=None, allow_dirty=False, now=datetime.now(UTC), env=env)
+        sign_manifest(result.manifest_path, self.keys / "release.key")
+        self.say(f"   build + sign: {result.bundle_path.name} "
+                 f"(sha256 {result.manifest.bundle.sha256[:12]}…)")
+        return result.manifest_path
+
+    def session(self, manifest: Path, now: datetime):  # -> FleetSession
+        from hotrelease.fleet import FleetSession
+
+        return FleetSession.open(manifest, config=self.repo / "hotrelease.toml", now=now)
+
+    def publish(self, manifest: Path, now: datetime, all_stages: bool = False) -> None:
+        session = self.session(manifest, now)
+        d = session.decision
+        self.say(f"   hotrelease publish {manifest.name}   [{d.release_class}, "
+                 f"{d.lane} lane, at {now:%Y-%m-%d %H:%M}Z]")
         try:
-            verify_release(tampered / result.manifest_path.name, trusted=trusted, threshold=1,
-                           now=now)
-        except VerificationError as exc:
-            say(f"5. tampered copy refused: {exc}")
-        else:  # pragma: no cover - would be a verification bug
-            raise AssertionError("tampered bundle verified")
+            report = session.publish(stage=None, all_stages=all_stages, plan_digest=None,
+                                     dry_run=False, wait=False, progress=False)
+        except HotreleaseError as exc:
+            self.say(f"   -> {type(exc).__name__} (exit {exc.exit_code}): {exc}")
+            return
+        for line in session.describe(report):
+            self.say(f"   -> {line}")
+
+    def approve(self, manifest: Path, stage: str, now: datetime) -> None:
+        result = self.session(manifest, now).approve(stage, by="release-manager",
+                                                     private_key=None, valid_hours=24)
+        self.say(f"   hotrelease approve --stage {stage}: recorded on "
+                 f"{len(result['recorded_on'])} agents (by {result['approved_by']})")
+
+    def label(self, manifest: Path, now: datetime) -> None:
+        from hotrelease.labels import label_path_for, make_label, save_label, sign_label
+        from hotrelease.manifest import load_manifest
+
+        m = load_manifest(manifest)
+        label = make_label(name=m.name, version=m.version, bundle_sha256=m.bundle.sha256,
+                           advisory="CVE-2026-4242", severity="high", now=now, expires_days=7)
+        envelope, _ = sign_label(label, load_private_key(self.keys / "security.key"))
+        save_label(label, envelope, label_path_for(m.name, m.version, manifest.parent))
+        self.say("   hotrelease label security --advisory CVE-2026-4242 --severity high "
+                 "(signed by the security key)")
+
+    def status(self, title: str) -> None:
+        from hotrelease.fleet import fleet_status, format_status
+
+        result = fleet_status(config=self.repo / "hotrelease.toml", plugin=None)
+        serving = {n.name: n.serving() for n in self.fleet.nodes}
+        self.say(f"   status: {title}")
+        for line in format_status(result):
+            node = line.split(" ", 1)[0]
+            extra = "SERVING" if node == "NODE" else (serving.get(node) or "-")
+            self.say(f"     {line:<92} {extra}")
+
+
+def run_demo(say: Say, nodes: int = 3) -> None:
+    with tempfile.TemporaryDirectory(prefix="hotrelease-demo-") as tmp:
+        say(f"demo workspace: {tmp}")
+        Demo(Path(tmp), say, nodes).run()

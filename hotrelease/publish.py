@@ -30,11 +30,18 @@ from hotrelease.versioning import parse_version
 class AgentAPI(Protocol):
     def plugin(self, name: str) -> dict[str, Any]: ...
     def upload(self, manifest_path: Path, signature_path: Path, bundle_path: Path) -> Any: ...
-    def activate(self, name: str, version: str, **meta: Any) -> dict[str, Any]: ...
-    def rollback(self, name: str, version: str | None = None, **meta: Any) -> dict[str, Any]: ...
+    def activate(self, name: str, version: str, *, stage: str | None = None,
+                 release_id: str | None = None, pipeline_url: str | None = None,
+                 approval: dict[str, Any] | None = None,
+                 reason: str | None = None, timeout: float | None = None) -> dict[str, Any]: ...
+    def rollback(self, name: str, version: str | None = None, *, stage: str | None = None,
+                 pipeline_url: str | None = None, reason: str | None = None,
+                 timeout: float | None = None) -> dict[str, Any]: ...
     def history(self, name: str) -> list[dict[str, Any]]: ...
     def post_approval(self, name: str, approval: dict[str, Any],
                       envelope: dict[str, Any] | None) -> Any: ...
+    def post_label(self, name: str, label: dict[str, Any],
+                   envelope: dict[str, Any]) -> Any: ...
 
 
 @dataclass
@@ -208,14 +215,12 @@ class Publisher:
         if state.reachable and state.current == version and state.health != "fail":
             return NodeOutcome(name, plan.name, "already", version)
         client = self.clients[name]
-        meta = {"stage": plan.name, "release_id": self.manifest.release_id,
-                "pipeline_url": self.meta.get("pipeline_url")}
-        if approval:
-            meta["approval"] = approval
         try:
             self._call(name, "upload", lambda: client.upload(*self.paths))
-            result = self._call(name, "activate",
-                                lambda: client.activate(self.manifest.name, version, **meta))
+            result = self._call(name, "activate", lambda: client.activate(
+                self.manifest.name, version, stage=plan.name,
+                release_id=self.manifest.release_id,
+                pipeline_url=self.meta.get("pipeline_url"), approval=approval or None))
         except UnreachableError as exc:
             return NodeOutcome(name, plan.name, "unreachable", state.current, str(exc))
         except HotreleaseError as exc:
@@ -289,10 +294,12 @@ class Publisher:
         changed = [n for n in scope if states[n].reachable
                    and states[n].current == self.manifest.version]
         report.outcomes.extend(self.revert(changed, reason))
+        by_agent = [f.node for f in failures if f.result == "rolled_back"]
         lines = "; ".join(f"{o.node}: {o.result}" + (f" ({o.detail})" if o.detail else "")
                           for o in report.outcomes if o.result not in ("already", "activated"))
-        raise AbortedError(f"{self.manifest.release_id}: {reason}; rolled back "
-                           f"{len(changed)} node(s). {lines}")
+        raise AbortedError(f"{self.manifest.release_id}: {reason}; reverted {len(changed)} "
+                           f"node(s)" + (f", {len(by_agent)} rolled back by their agent"
+                                         if by_agent else "") + f". {lines}")
 
     # --- the whole thing ------------------------------------------------------------------
     def publish(self, plans: list[StagePlan], *, stage: str | None = None,

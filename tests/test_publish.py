@@ -200,7 +200,7 @@ def test_unreachable_node_counts_against_the_threshold(fleet, build_plugin):
     result = f.run("publish", release.manifest, "--all-stages")
     assert result.code == EXIT_ABORTED
     assert victim in result.error_line and "unreachable" in result.error_line
-    assert "rolled back 1 node(s)" in result.error_line  # the canary (wave-1 is the victim)
+    assert "reverted 1 node(s)" in result.error_line  # the canary (wave-1 is the victim)
     alive = {n: a for n, a in f.by_name.items() if n != victim}
     for name, agent in alive.items():
         with agent.client() as client:

@@ -162,11 +162,13 @@ def register(app: typer.Typer) -> None:
     app.add_typer(config_app, name="config")
 
 
-def demo() -> None:
-    """Run the whole flow locally on the embedded example plugin (temp dir, no setup)."""
+def demo(
+    nodes: int = typer.Option(3, "--nodes", min=1, max=20, help="Local agents to start."),
+) -> None:
+    """Run the whole product locally: agents, build, sign, classify, publish (temp dir)."""
     from hotrelease.demo import run_demo
 
-    run_demo(typer.echo)
+    run_demo(typer.echo, nodes)
 
 
 def register_demo(app: typer.Typer) -> None:
