@@ -13,7 +13,14 @@ from zoneinfo import ZoneInfo
 from hotrelease.configreader import Table, load_toml
 from hotrelease.errors import ConfigError
 from hotrelease.manifest import PLUGIN_KINDS, Dependency, check_name
-from hotrelease.policy import CLASSES, LANES, SECURITY_ON_MAJOR, SECURITY_SOURCES, Policy
+from hotrelease.policy import (
+    BASELINE_SOURCES,
+    CLASSES,
+    LANES,
+    SECURITY_ON_MAJOR,
+    SECURITY_SOURCES,
+    Policy,
+)
 from hotrelease.rollout import Inventory, parse_inventory
 
 CONFIG_NAME = "hotrelease.toml"
@@ -141,6 +148,7 @@ def _policy(t: Table) -> Policy:
         break_glass=t.bool("break_glass", d.break_glass),
         approval_classes=_choices(t, "approval_classes", CLASSES, d.approval_classes),
         rollback_lane=t.str("rollback_lane", d.rollback_lane, choices=LANES),
+        baseline=t.str("baseline", d.baseline, choices=BASELINE_SOURCES),
     )
     t.finish()
     return cfg

@@ -134,8 +134,12 @@ def decide_release(cfg: Any | None = None, *, manifest: Any | None = None,
     commit = manifest.provenance.get("git_commit") if manifest is not None else None
     facts = read_git(Path.cwd() if repo is None else repo, candidate,
                      commit=commit if isinstance(commit, str) else None)
+    fleet = (_fleet_baseline(cfg, name, candidate)
+             if baseline is None and policy.baseline == "fleet" else None)
     if baseline is not None:
         base, source = parse_version(baseline), "--from"
+    elif fleet is not None:
+        base, source = fleet
     elif facts.baseline is not None:
         base, source = facts.baseline[0], f"git tag {facts.baseline[1]}"
     else:
@@ -178,3 +182,27 @@ def _rollout_stages(cfg: Any | None, stages: Stages | None) -> dict[str, Any]:
                        for lane, specs in inventory.stages.items()},
             "gated": {lane: [s.name for s in specs if s.approval]
                       for lane, specs in inventory.stages.items()}}
+
+
+def _fleet_baseline(cfg: Any, name: str, candidate: semver.Version
+                    ) -> tuple[semver.Version, str] | None:
+    """The highest version (other than the candidate) that the configured agents report
+    running; None when no reachable node runs the plugin yet."""
+    inventory = getattr(cfg, "inventory", None)
+    if inventory is None or not inventory.nodes:
+        return None
+    from hotrelease.fleet import make_clients
+    from hotrelease.publish import read_fleet
+
+    states = read_fleet(make_clients(inventory), name, [n.name for n in inventory.nodes],
+                        inventory.settings)
+    running: dict[semver.Version, list[str]] = {}
+    for state in states.values():
+        if state.reachable and state.current is not None:
+            version = parse_version(state.current)
+            if version != candidate:
+                running.setdefault(version, []).append(state.node)
+    if not running:
+        return None
+    best = max(running)
+    return best, f"fleet ({', '.join(sorted(running[best]))} run {best})"

@@ -20,6 +20,7 @@ SOURCE_WORDS = {SIGNED_LABEL: "signed label", TAG_TRAILER: "tag trailer",
 
 SECURITY_ON_MAJOR = ("urgent-with-approval", "urgent", "scheduled")
 LANES = ("urgent", "scheduled")
+BASELINE_SOURCES = ("git", "fleet")
 CLASSES = ("major", "feature", "patch", "security", "no-change", "downgrade")
 
 
@@ -41,6 +42,10 @@ class Policy:
     approval_classes: tuple[str, ...] = ("major",)
     # Lane for an explicit --rollback to a lower version.
     rollback_lane: str = "scheduled"
+    # Where "the version running now" comes from when --from is not given: "git" (the
+    # highest release tag below the candidate) or "fleet" (the highest version the
+    # configured agents report, falling back to git when no node runs the plugin yet).
+    baseline: str = "git"
 
     def to_dict(self) -> dict[str, Any]:
         return {"security_sources": list(self.security_sources),
@@ -50,4 +55,4 @@ class Policy:
                 "security_on_major": self.security_on_major,
                 "break_glass": self.break_glass,
                 "approval_classes": list(self.approval_classes),
-                "rollback_lane": self.rollback_lane}
+                "rollback_lane": self.rollback_lane, "baseline": self.baseline}

@@ -358,3 +358,21 @@ def test_publish_is_refused_while_another_rollout_is_half_done(fleet, build_plug
     assert f.run("publish", v2.manifest, "--all-stages").code == EXIT_OK
     assert f.run("publish", v3.manifest, "--all-stages").code == EXIT_OK
     assert set(f.versions().values()) == {"1.2.0"}
+
+
+def test_baseline_can_come_from_the_fleet(fleet, build_plugin):
+    """With policy.baseline = "fleet", the version the agents run is the baseline: no git
+    tag says 1.0.0 was released, yet 1.1.0 is a feature update, not a first release."""
+    f = fleet(2, NO_APPROVAL.replace("approval_classes = []",
+                                     'approval_classes = []\nbaseline = "fleet"'))
+    first = build_plugin("1.0.0")
+    assert f.run("publish", first.manifest, "--all-stages").code == EXIT_OK
+    second = build_plugin("1.1.0")
+    plan = f.run("plan", "--manifest", second.manifest, "--json")
+    assert plan.code == EXIT_OK, plan.stderr
+    doc = json.loads(plan.stdout)
+    assert doc["class"] == "feature" and doc["baseline"] == "1.0.0"
+    assert doc["baseline_source"].startswith("fleet (node-0, node-1 run 1.0.0")
+    result = f.run("publish", second.manifest, "--all-stages", "--plan", doc["plan_digest"])
+    assert result.code == EXIT_OK, result.stderr
+    assert set(f.versions().values()) == {"1.1.0"}
