@@ -84,8 +84,12 @@ def generate_keypair(prefix: Path, passphrase: bytes | None = None) -> PublicKey
                   else serialization.NoEncryption())
     pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 encryption)
-    # O_EXCL + 0600 at creation: the key is never readable by others, not even briefly.
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        key_path.parent.mkdir(parents=True, exist_ok=True)
+        # O_EXCL + 0600 at creation: the key is never readable by others, not even briefly.
+        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        raise KeyFileError(f"{key_path}: cannot create key file: {exc.strerror}") from None
     with os.fdopen(fd, "wb") as fh:
         fh.write(pem)
     public = PublicKey.from_key(private.public_key())

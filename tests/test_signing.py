@@ -121,3 +121,17 @@ def test_public_key_file_must_be_ed25519(tmp_path):
                                         serialization.PublicFormat.SubjectPublicKeyInfo))
     with pytest.raises(KeyFileError, match="Ed25519"):
         load_public_key(path)
+
+
+def test_keygen_creates_missing_directories(cli, tmp_path):
+    result = cli("keygen", "--out", tmp_path / "new" / "dir" / "release")
+    assert result.code == EXIT_OK, result.stderr
+    assert (tmp_path / "new/dir/release.key").exists()
+
+
+def test_keygen_into_an_unwritable_place_is_a_clear_error(cli, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    result = cli("keygen", "--out", blocker / "release")
+    assert result.code == EXIT_USAGE and "cannot create key file" in result.error_line
+    assert "Traceback" not in result.stderr

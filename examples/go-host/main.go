@@ -8,7 +8,7 @@
 //
 // Serve:
 //
-//	gamehost -current /var/lib/hotrelease/releases/arena/current -listen 127.0.0.1:7000
+//	gamehost -current /var/lib/hotrelease/plugins/arena/current -listen 127.0.0.1:7000
 //
 // Pre-activation check for the agent (exit 0 = compatible, 1 = refused, 2 = usage):
 //
