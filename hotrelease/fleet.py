@@ -156,7 +156,8 @@ class FleetSession:
 
     # --- commands -------------------------------------------------------------------------
     def publish(self, *, stage: str | None, all_stages: bool, plan_digest: str | None,
-                dry_run: bool, wait: bool, progress: bool) -> dict[str, Any]:
+                dry_run: bool, wait: bool, progress: bool,
+                notify: bool = True) -> dict[str, Any]:
         if self.lane == "none":
             return {"release": self.manifest.release_id, "lane": "none", "nodes": [],
                     "complete": True, "message": "nothing to roll out",
@@ -165,18 +166,24 @@ class FleetSession:
         if dry_run:
             return self._dry_run(plans, stage, plan_digest)
         self.check_gate(plan_digest, wait)
-        self._notify()
-        self._share_labels()
         bar = _Progress(progress)
+        publisher = self.publisher(bar)
+        first = plans[0]
+        if self.lane == "urgent" and stage in (None, first.name) and \
+                not publisher.stage_done(first, publisher.snapshot(first.nodes)):
+            # Ops hear about an urgent rollout once: when its first stage starts.
+            if notify:
+                self._notify()
+            self._share_labels()
         try:
-            report = self.publisher(bar).publish(plans, stage=stage, all_stages=all_stages)
+            report = publisher.publish(plans, stage=stage, all_stages=all_stages)
         finally:
             bar.close()
         return {**report.to_dict(), "class": self.decision.release_class,
                 "plan_digest": self.decision.plan_digest}
 
     def _notify(self) -> None:
-        if self.lane != "urgent" or not self.decision.notify:
+        if not self.decision.notify:
             return
         from hotrelease.notify import notify_urgent
 

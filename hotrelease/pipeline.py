@@ -197,7 +197,8 @@ def render_child(spec: ChildSpec) -> str:
             [f"echo {_sh(note)}", f"hotrelease plan --manifest {m} --notify"])
         previous = "hotrelease-notify"
     for stage in pending:
-        publish = f"hotrelease publish {m} --stage {_sh(stage.name)}{plan}"
+        # The child's own notify job tells ops; publish must not notify a second time.
+        publish = f"hotrelease publish {m} --stage {_sh(stage.name)}{plan} --no-notify"
         targets = ", ".join(stage.nodes) or "no node"
         extra = {"environment": dict(env), "after": [previous] if previous else [],
                  "resource_group": spec.resource_group}

@@ -376,3 +376,32 @@ def test_baseline_can_come_from_the_fleet(fleet, build_plugin):
     result = f.run("publish", second.manifest, "--all-stages", "--plan", doc["plan_digest"])
     assert result.code == EXIT_OK, result.stderr
     assert set(f.versions().values()) == {"1.1.0"}
+
+
+def test_urgent_rollout_notifies_ops_once(fleet, build_plugin, tmp_path):
+    log = tmp_path / "notified.log"
+    hook = (f'\n[notify]\ncommand = ["python3", "-c", "import sys; open(sys.argv[1], \'a\')'
+            f'.write(\'urgent\\\\n\')", "{log}"]\ntimeout = 10\n')
+    f = fleet(3, NO_APPROVAL, extra=ALWAYS_OPEN + hook)
+    base = build_plugin("1.0.0")
+    assert f.run("publish", base.manifest, "--all-stages").code == EXIT_OK
+    assert not log.exists(), "a scheduled release notifies nobody"
+    f.repo.tag("v1.0.0")
+    patch = build_plugin("1.0.1")
+    _security_label(f, patch, "1.0.1")
+    first = f.run("publish", patch.manifest, "--json")  # the canary stage
+    assert first.code == EXIT_OK, first.stderr
+    assert json.loads(first.stdout)["lane"] == "urgent"
+    assert log.read_text() == "urgent\n"
+    rest = f.run("publish", patch.manifest, "--all-stages")
+    assert rest.code == EXIT_OK, rest.stderr
+    assert log.read_text() == "urgent\n", "ops hear about one urgent rollout once"
+    assert set(f.versions().values()) == {"1.0.1"}
+    # The label reached every agent: none will go back below the fixed version.
+    for agent in f.agents:
+        with agent.client() as client:
+            assert client.plugin("greeter")["security_floor"] == "1.0.1"
+    back = f.run("rollback", patch.manifest, "--json")
+    assert back.code == EXIT_REFUSED and "security floor" in back.stdout
+    assert {n["result"] for n in json.loads(back.stdout)["nodes"]} == {"failed"}
+    assert set(f.versions().values()) == {"1.0.1"}

@@ -15,6 +15,7 @@ from hotrelease.commands._common import (
     parse_now,
     read_passphrase,
 )
+from hotrelease.errors import EXIT_REFUSED
 
 MANIFEST_ARG = typer.Argument(..., help="The release manifest (*.manifest.json); its .sig "
                                         "and bundle are expected beside it.")
@@ -30,6 +31,9 @@ def publish(
     dry_run: bool = typer.Option(False, "--dry-run",
                                  help="Print what would happen to which node; change nothing."),
     wait: bool = typer.Option(False, "--wait", help="Outside a window: sleep until it opens."),
+    notify: bool = typer.Option(True, "--notify/--no-notify",
+                                help="Urgent lane: run the [notify] hook when the first "
+                                     "stage starts (off where a pipeline job notifies)."),
     label: list[Path] = typer.Option([], "--label", help="Signed security label file(s)."),
     config: Path | None = CONFIG_OPTION,
     now: str | None = NOW_OPTION,
@@ -40,7 +44,8 @@ def publish(
 
     session = FleetSession.open(manifest, config=config, now=parse_now(now), labels=label)
     report = session.publish(stage=stage, all_stages=all_stages, plan_digest=plan,
-                             dry_run=dry_run, wait=wait, progress=not json_out)
+                             dry_run=dry_run, wait=wait, progress=not json_out,
+                             notify=notify)
     if json_out:
         emit_json(report)
     else:
@@ -133,6 +138,10 @@ def rollback(
             typer.echo(f"{item['node']}: {item['result']}"
                        + (f" -> {item['version']}" if item.get("version") else "")
                        + (f" ({item['detail']})" if item.get("detail") else ""))
+    failed = [item["node"] for item in result["nodes"] if item["result"] == "failed"]
+    if failed:
+        info(f"hotrelease: error: rollback refused or failed on {', '.join(failed)}")
+        raise typer.Exit(EXIT_REFUSED)
 
 
 def register(app: typer.Typer) -> None:
