@@ -16,7 +16,7 @@ from typing import Any
 from hotrelease.canonical import canonical_bytes
 from hotrelease.errors import ExpiredError, IdentityMismatchError, ManifestFormatError
 from hotrelease.manifest import _expect, check_name, check_version, format_time, parse_time
-from hotrelease.signing import APPROVAL_TYPE, Envelope, PublicKey, verify_envelope
+from hotrelease.signing import APPROVAL_TYPE, Envelope, PublicKey, verify_signed_json
 
 APPROVAL_FORMAT = "hotrelease/approval/v1"
 
@@ -85,12 +85,8 @@ def verify_signed_approval(data: dict[str, Any], envelope: Envelope, *,
                            trusted: dict[str, PublicKey], threshold: int, name: str,
                            version: str, bundle_sha256: str, stage: str | None,
                            now: datetime, node: str | None = None) -> Approval:
-    try:
-        payload = canonical_bytes(data)
-    except ValueError as exc:
-        raise ManifestFormatError(f"approval: {exc}") from None
-    verify_envelope(envelope, payload, payload_type=APPROVAL_TYPE, trusted=trusted,
-                    threshold=threshold)
+    verify_signed_json(data, envelope, payload_type=APPROVAL_TYPE, trusted=trusted,
+                       threshold=threshold, what="approval")
     approval = Approval.from_dict(data)
     check_approval(approval, name=name, version=version, bundle_sha256=bundle_sha256,
                    stage=stage, now=now, node=node)

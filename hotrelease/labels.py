@@ -17,7 +17,7 @@ from typing import Any
 from hotrelease.canonical import canonical_bytes, pretty_bytes
 from hotrelease.errors import ExpiredError, IdentityMismatchError, ManifestFormatError
 from hotrelease.manifest import _expect, check_name, check_version, format_time, parse_time
-from hotrelease.signing import SECURITY_LABEL_TYPE, Envelope, PublicKey, verify_envelope
+from hotrelease.signing import SECURITY_LABEL_TYPE, Envelope, PublicKey, verify_signed_json
 
 LABEL_FORMAT = "hotrelease/security-label/v1"
 SEVERITIES = ("low", "medium", "high", "critical")
@@ -80,12 +80,8 @@ def verify_label(data: dict[str, Any], envelope: Envelope, *, trusted: dict[str,
                  threshold: int, now: datetime, name: str | None = None,
                  version: str | None = None, bundle_sha256: str | None = None) -> SecurityLabel:
     """Signatures by the security role first, then binding and expiry. Raises on any failure."""
-    try:
-        payload = canonical_bytes(data)
-    except ValueError as exc:
-        raise ManifestFormatError(f"label: {exc}") from None
-    verify_envelope(envelope, payload, payload_type=SECURITY_LABEL_TYPE, trusted=trusted,
-                    threshold=threshold)
+    verify_signed_json(data, envelope, payload_type=SECURITY_LABEL_TYPE, trusted=trusted,
+                       threshold=threshold, what="label")
     label = SecurityLabel.from_dict(data)
     if name is not None and label.name != name:
         raise IdentityMismatchError(f"security label is for plugin {label.name!r}, not {name!r}")

@@ -21,8 +21,8 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from hotrelease.canonical import pretty_bytes
-from hotrelease.errors import KeyFileError, SignatureError, ThresholdError
+from hotrelease.canonical import canonical_bytes, pretty_bytes
+from hotrelease.errors import KeyFileError, ManifestFormatError, SignatureError, ThresholdError
 
 ENVELOPE_FORMAT = "hotrelease/envelope/v1"
 # Payload types double as roles: the same key may hold several, but a signature made for one
@@ -260,3 +260,15 @@ def verify_envelope(envelope: Envelope, payload: bytes, *, payload_type: str,
         raise ThresholdError(f"{len(good)} valid trusted signature(s), "
                              f"threshold is {threshold}")
     return good
+
+
+def verify_signed_json(data: Any, envelope: Envelope, *, payload_type: str,
+                       trusted: dict[str, PublicKey], threshold: int, what: str) -> list[str]:
+    """`verify_envelope` over the canonical bytes of a parsed JSON document (labels,
+    approvals); a document that has no canonical form (floats) is refused as malformed."""
+    try:
+        payload = canonical_bytes(data)
+    except ValueError as exc:
+        raise ManifestFormatError(f"{what}: {exc}") from None
+    return verify_envelope(envelope, payload, payload_type=payload_type, trusted=trusted,
+                           threshold=threshold)

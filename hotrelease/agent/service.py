@@ -23,7 +23,6 @@ from typing import Any
 from hotrelease.agent.config import AgentConfig, PluginConfig
 from hotrelease.agent.hooks import run_health, run_precheck, run_reload
 from hotrelease.agent.store import Store, crash_point, fsync_dir, utcnow, write_json
-from hotrelease.canonical import canonical_bytes
 from hotrelease.checksum import sha256_file
 from hotrelease.errors import (
     DigestMismatchError,
@@ -45,7 +44,7 @@ from hotrelease.manifest import (
     check_version,
     parse_manifest_bytes,
 )
-from hotrelease.signing import APPROVAL_TYPE, Envelope, verify_envelope
+from hotrelease.signing import APPROVAL_TYPE, Envelope, verify_signed_json
 from hotrelease.verify import verify_bundle, verify_bundle_files, verify_manifest_bytes
 from hotrelease.versioning import parse_version
 
@@ -532,10 +531,11 @@ class Agent:
                 if envelope is None:
                     raise SignatureError("this agent requires approvals signed by an "
                                          "approver key; the approval has no signature")
-                verify_envelope(Envelope.from_dict(envelope), canonical_bytes(approval),
-                                payload_type=APPROVAL_TYPE,
-                                trusted=self.config.approval_keys,
-                                threshold=self.config.approval_threshold)
+                verify_signed_json(approval, Envelope.from_dict(envelope),
+                                   payload_type=APPROVAL_TYPE,
+                                   trusted=self.config.approval_keys,
+                                   threshold=self.config.approval_threshold,
+                                   what="approval")
                 verified = True
         except (VerificationError, ValueError) as exc:
             error = exc if isinstance(exc, VerificationError) else ManifestFormatError(

@@ -19,6 +19,8 @@ from hotrelease.errors import EXIT_REFUSED
 
 MANIFEST_ARG = typer.Argument(..., help="The release manifest (*.manifest.json); its .sig "
                                         "and bundle are expected beside it.")
+LABEL_OPTION = typer.Option([], "--label", help="Signed security label file(s) (default: "
+                                                "NAME-VERSION.security.json beside the manifest).")
 
 
 def publish(
@@ -34,7 +36,7 @@ def publish(
     notify: bool = typer.Option(True, "--notify/--no-notify",
                                 help="Urgent lane: run the [notify] hook when the first "
                                      "stage starts (off where a pipeline job notifies)."),
-    label: list[Path] = typer.Option([], "--label", help="Signed security label file(s)."),
+    label: list[Path] = LABEL_OPTION,
     config: Path | None = CONFIG_OPTION,
     now: str | None = NOW_OPTION,
     json_out: bool = JSON_OPTION,
@@ -64,7 +66,7 @@ def approve(
     passphrase_env: str | None = typer.Option(None, "--passphrase-env", metavar="VAR"),
     valid_hours: int = typer.Option(72, "--valid-hours", min=1,
                                     help="How long the approval stays valid."),
-    label: list[Path] = typer.Option([], "--label", help="Signed security label file(s)."),
+    label: list[Path] = LABEL_OPTION,
     config: Path | None = CONFIG_OPTION,
     now: str | None = NOW_OPTION,
     json_out: bool = JSON_OPTION,
@@ -94,7 +96,7 @@ def approve(
 def status(
     manifest: Path | None = typer.Argument(None, help="A release to report on (optional)."),
     plugin: str | None = typer.Option(None, "--plugin", help="Plugin name (default: config)."),
-    label: list[Path] = typer.Option([], "--label", help="Signed security label file(s)."),
+    label: list[Path] = LABEL_OPTION,
     config: Path | None = CONFIG_OPTION,
     now: str | None = NOW_OPTION,
     json_out: bool = JSON_OPTION,
@@ -121,7 +123,7 @@ def rollback(
     manifest: Path = MANIFEST_ARG,
     stage: str | None = typer.Option(None, "--stage", help="Only this stage's nodes."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print what would be rolled back."),
-    label: list[Path] = typer.Option([], "--label", help="Signed security label file(s)."),
+    label: list[Path] = LABEL_OPTION,
     config: Path | None = CONFIG_OPTION,
     now: str | None = NOW_OPTION,
     json_out: bool = JSON_OPTION,
