@@ -23,7 +23,8 @@ from hotrelease.errors import UsageError
 
 
 def init_cmd(
-    directory: Path = typer.Argument(Path("."), help="The plugin repository (default: here).",
+    directory: Path = typer.Argument(Path("."), metavar="[DIR]",
+                                     help="The plugin repository (default: here).",
                                      file_okay=False),
     go: bool = typer.Option(False, "--go", help="Scaffold a Go plugin (-buildmode=plugin)."),
     python: bool = typer.Option(False, "--python", help="Scaffold a Python plugin (default)."),

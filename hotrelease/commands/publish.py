@@ -17,8 +17,9 @@ from hotrelease.commands._common import (
 )
 from hotrelease.errors import EXIT_REFUSED
 
-MANIFEST_ARG = typer.Argument(..., help="The release manifest (*.manifest.json); its .sig "
-                                        "and bundle are expected beside it.")
+MANIFEST_ARG = typer.Argument(..., metavar="MANIFEST",
+                              help="The release manifest (*.manifest.json); its .sig "
+                                   "and bundle are expected beside it.")
 LABEL_OPTION = typer.Option([], "--label", help="Signed security label file(s) (default: "
                                                 "NAME-VERSION.security.json beside the manifest).")
 
@@ -94,7 +95,8 @@ def approve(
 
 
 def status(
-    manifest: Path | None = typer.Argument(None, help="A release to report on (optional)."),
+    manifest: Path | None = typer.Argument(None, metavar="[MANIFEST]",
+                                           help="A release to report on (optional)."),
     plugin: str | None = typer.Option(None, "--plugin", help="Plugin name (default: config)."),
     label: list[Path] = LABEL_OPTION,
     config: Path | None = CONFIG_OPTION,

@@ -73,7 +73,8 @@ def build(
 
 
 def sign(
-    manifest: Path = typer.Argument(..., help="The manifest to sign (*.manifest.json)."),
+    manifest: Path = typer.Argument(..., metavar="MANIFEST",
+                                     help="The manifest to sign (*.manifest.json)."),
     key: Path | None = typer.Option(None, "--key", help="Private key file (PEM)."),
     key_env: str | None = typer.Option(
         None, "--key-env", metavar="VAR",
@@ -109,8 +110,9 @@ def sign(
 
 
 def verify(
-    manifest: Path = typer.Argument(..., help="The manifest; MANIFEST.sig and the bundle "
-                                              "are expected beside it."),
+    manifest: Path = typer.Argument(..., metavar="MANIFEST",
+                                     help="The manifest; MANIFEST.sig and the bundle "
+                                          "are expected beside it."),
     trusted: list[Path] = typer.Option(..., "--trusted", help="Trusted public key (repeat)."),
     threshold: int = typer.Option(1, "--threshold", min=1,
                                   help="Distinct trusted signatures required."),
@@ -141,7 +143,8 @@ config_app = typer.Typer(help="Work with hotrelease.toml.", no_args_is_help=True
 
 @config_app.command("check")
 def config_check(
-    config: Path | None = typer.Argument(None, help="Config file (default: find it)."),
+    config: Path | None = typer.Argument(None, metavar="[FILE]",
+                                         help="Config file (default: find it)."),
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Validate a config file: unknown keys, types, required keys."""
