@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -57,12 +58,19 @@ class _Progress:
             os.environ.get("CI", "").lower() not in ("true", "1")
         self._bar: Any = None
         self._task: Any = None
+        self._lock = threading.Lock()  # events come from the worker threads
 
     def __call__(self, event: Event) -> None:
         if not self.enabled:
             return
+        with self._lock:
+            self._show(event)
+
+    def _show(self, event: Event) -> None:
         if not self.fancy:
-            print(f"[{event.stage or '-'}] {event.message}", file=sys.stderr, flush=True)
+            # One write per line: lines from concurrent workers must not run together.
+            sys.stderr.write(f"[{event.stage or '-'}] {event.message}\n")
+            sys.stderr.flush()
             return
         from rich.progress import Progress
 

@@ -41,7 +41,7 @@ class StageSpec:
 
 @dataclass
 class RolloutSettings:
-    concurrency: int = 8
+    concurrency: int = 16  # measured best on 2 cores: 16-32 (bench/bench_publish.py)
     retries: int = 3
     retry_backoff: float = 0.5
     connect_timeout: float = 3.0
@@ -156,7 +156,7 @@ def parse_nodes(tables: list[Table]) -> list[Node]:
 
 def parse_rollout(t: Table) -> tuple[dict[str, list[StageSpec]], RolloutSettings]:
     settings = RolloutSettings(
-        concurrency=t.int("concurrency", 8, min=1, max=256),
+        concurrency=t.int("concurrency", 16, min=1, max=256),
         retries=t.int("retries", 3, min=0, max=20),
         retry_backoff=t.float("retry_backoff", 0.5, min=0),
         connect_timeout=t.float("connect_timeout", 3.0, min=0.1),
