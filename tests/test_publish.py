@@ -405,3 +405,22 @@ def test_urgent_rollout_notifies_ops_once(fleet, build_plugin, tmp_path):
     assert back.code == EXIT_REFUSED and "security floor" in back.stdout
     assert {n["result"] for n in json.loads(back.stdout)["nodes"]} == {"failed"}
     assert set(f.versions().values()) == {"1.0.1"}
+
+
+def test_health_neither_pass_nor_fail_pauses_for_a_human(fleet, build_plugin):
+    f = fleet(2, NO_APPROVAL)
+    release = build_plugin("1.0.0")
+    assert f.run("publish", release.manifest, "--all-stages").code == EXIT_OK
+    canary = dry_plan(f, release.manifest)["canary"][0]
+    agent = f.by_name[canary]
+    # The node's agent lost its health verdict (as after a host it could not probe).
+    agent.stop()
+    state_file = agent.data_dir / "plugins" / "greeter" / "state.json"
+    state = json.loads(state_file.read_text())
+    state["health"] = {"ok": None, "status": "unknown", "detail": "not probed"}
+    state_file.write_text(json.dumps(state))
+    agent.start()
+    result = f.run("publish", release.manifest, "--stage", "canary")
+    assert result.code == EXIT_NOT_NOW
+    assert "neither pass nor fail" in result.error_line and canary in result.error_line
+    assert set(f.versions().values()) == {"1.0.0"}, "a pause promotes nothing, reverts nothing"
