@@ -24,6 +24,18 @@ GO_HOST = REPO_ROOT / "examples" / "go-host"
 FIXED_NOW = "2026-11-24T12:00:00Z"
 EPOCH = "1700000000"
 GO_ENV = {"GOPROXY": "off", "GOTOOLCHAIN": "local", "CGO_ENABLED": "1", "GOFLAGS": ""}
+API = "hotrelease.example/gameapi"  # the module host and plugin share
+
+
+def go_marks() -> list[Any]:
+    """pytestmark for every Go test module: the toolchain, and cgo (plugins need a C
+    compiler). .ci/run installs both, so these run in CI."""
+    import pytest
+    from conftest import requires_go
+
+    return [requires_go, pytest.mark.go,
+            pytest.mark.skipif(not (shutil.which("gcc") or shutil.which("cc")),
+                               reason="Go plugins need cgo (a C compiler)")]
 
 
 def go_env(**extra: str) -> dict[str, str]:

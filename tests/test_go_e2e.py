@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import shutil
 import threading
 import time
 from dataclasses import dataclass, field
@@ -39,21 +38,23 @@ from conftest import (
     agent_toml,
     free_port,
     read_history,
-    requires_go,
     wait_until,
 )
-from gohelpers import EPOCH, HostProcess, build_host, copy_sources, go_env, start_host
+from gohelpers import (
+    API,
+    EPOCH,
+    HostProcess,
+    build_host,
+    copy_sources,
+    go_env,
+    go_marks,
+    start_host,
+)
 
 from hotrelease.errors import EXIT_ABORTED, EXIT_OK
 
-pytestmark = [
-    requires_go,
-    pytest.mark.go,
-    pytest.mark.skipif(not (shutil.which("gcc") or shutil.which("cc")),
-                       reason="Go plugins need cgo (a C compiler)"),
-]
+pytestmark = go_marks()
 
-API = "hotrelease.example/gameapi"
 PLUGIN = "arena"
 NODES = 2
 PLAYERS_PER_HOST = 3

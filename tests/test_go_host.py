@@ -14,26 +14,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import requires_go
 from gohelpers import (
+    API,
     HostProcess,
     activate,
     build_host,
     call,
     copy_sources,
+    go_marks,
     hotrelease_build,
     install_release,
     start_host,
 )
 
-pytestmark = [
-    requires_go,
-    pytest.mark.go,
-    pytest.mark.skipif(not (shutil.which("gcc") or shutil.which("cc")),
-                       reason="Go plugins need cgo (a C compiler)"),
-]
+pytestmark = go_marks()
 
-API = "hotrelease.example/gameapi"
 
 
 @dataclass

@@ -6,22 +6,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import tarfile
 from pathlib import Path
 
 import pytest
-from conftest import requires_go
-from gohelpers import copy_sources, hotrelease_build, package_hashes, plugin_path_of
+from gohelpers import API, copy_sources, go_marks, hotrelease_build, package_hashes, plugin_path_of
 
-pytestmark = [
-    requires_go,
-    pytest.mark.go,
-    pytest.mark.skipif(not (shutil.which("gcc") or shutil.which("cc")),
-                       reason="Go plugins need cgo (a C compiler)"),
-]
+pytestmark = go_marks()
 
-API = "hotrelease.example/gameapi"
 
 
 def so_from_bundle(bundle: Path, dest: Path) -> Path:
