@@ -50,14 +50,23 @@ def verify_bundle(manifest: ReleaseManifest, bundle_path: Path) -> None:
     if not bundle_path.is_file():
         raise DigestMismatchError(f"{bundle_path}: bundle not found")
     actual_size = bundle_path.stat().st_size
-    if actual_size != manifest.bundle.size:
-        raise SizeMismatchError(f"{bundle_path.name}: size is {actual_size} bytes, manifest "
-                                f"says {manifest.bundle.size}")
-    digest, _ = sha256_file(bundle_path)
-    if digest != manifest.bundle.sha256:
-        raise DigestMismatchError(f"{bundle_path.name}: sha256 is {digest}, manifest says "
-                                  f"{manifest.bundle.sha256}")
+    if actual_size != manifest.bundle.size:  # cheap, before reading a byte
+        verify_bundle_digest(manifest, "", actual_size, bundle_path.name)
+    digest, size = sha256_file(bundle_path)
+    verify_bundle_digest(manifest, digest, size, bundle_path.name)
     verify_bundle_files(manifest, scan_bundle(bundle_path), bundle_path.name)
+
+
+def verify_bundle_digest(manifest: ReleaseManifest, digest: str, size: int,
+                         source: str) -> None:
+    """Size and sha256 of the bundle bytes against the manifest. The agent passes what it
+    computed while the body streamed in, instead of reading the file again."""
+    if size != manifest.bundle.size:
+        raise SizeMismatchError(f"{source}: size is {size} bytes, manifest says "
+                                f"{manifest.bundle.size}")
+    if digest != manifest.bundle.sha256:
+        raise DigestMismatchError(f"{source}: sha256 is {digest}, manifest says "
+                                  f"{manifest.bundle.sha256}")
 
 
 def verify_bundle_files(manifest: ReleaseManifest, files: list[FileEntry], source: str) -> None:

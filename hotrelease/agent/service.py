@@ -45,7 +45,7 @@ from hotrelease.manifest import (
     parse_manifest_bytes,
 )
 from hotrelease.signing import APPROVAL_TYPE, Envelope, verify_signed_json
-from hotrelease.verify import verify_bundle, verify_bundle_files, verify_manifest_bytes
+from hotrelease.verify import verify_bundle_digest, verify_bundle_files, verify_manifest_bytes
 from hotrelease.versioning import parse_version
 
 MANIFEST_HEADER = "x-hotrelease-manifest"
@@ -216,7 +216,8 @@ class Agent:
         timings: dict[str, float] = {}
         t0 = _now()
         try:
-            verify_bundle(manifest, bundle)
+            # The digest was computed while the body streamed to disk: no second read.
+            verify_bundle_digest(manifest, digest, bundle.stat().st_size, "uploaded bundle")
             timings["verify_ms"] = _ms(t0)
             crash_point("upload.verified")
             staged = workdir / "release"
@@ -225,7 +226,8 @@ class Agent:
             total = sum(f.size for f in manifest.files)
             entries = safe_extract(bundle, files_dir, max_total_bytes=total,
                                    on_file=lambda _: crash_point("upload.extracting"))
-            # What landed on disk is exactly what was signed.
+            # What landed on disk is exactly what was signed, member by member (the same
+            # check `hotrelease verify` runs on the archive's listing).
             verify_bundle_files(manifest, entries, "extracted release")
             timings["extract_ms"] = _ms(t0) - timings["verify_ms"]
         except VerificationError as exc:
