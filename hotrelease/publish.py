@@ -209,15 +209,22 @@ class Publisher:
         return None
 
     # --- driving a stage ------------------------------------------------------------------
-    def _deploy_node(self, name: str, plan: StagePlan, state: NodeState,
-                     approval: dict[str, Any] | None) -> NodeOutcome:
-        version = self.manifest.version
-        if state.reachable and state.current == version and state.health != "fail":
-            return NodeOutcome(name, plan.name, "already", version)
+    def _upload_node(self, name: str, plan: StagePlan, state: NodeState) -> NodeOutcome | None:
+        """None when the release is stored on the node (uploaded now, or already there)."""
         client = self.clients[name]
         try:
             self._call(name, "upload", lambda: client.upload(*self.paths))
-            result = self._call(name, "activate", lambda: client.activate(
+        except UnreachableError as exc:
+            return NodeOutcome(name, plan.name, "unreachable", state.current, str(exc))
+        except HotreleaseError as exc:
+            return NodeOutcome(name, plan.name, "failed", state.current, str(exc))
+        return None
+
+    def _activate_node(self, name: str, plan: StagePlan, state: NodeState,
+                       approval: dict[str, Any] | None) -> NodeOutcome:
+        version = self.manifest.version
+        try:
+            result = self._call(name, "activate", lambda: self.clients[name].activate(
                 self.manifest.name, version, stage=plan.name,
                 release_id=self.manifest.release_id,
                 pipeline_url=self.meta.get("pipeline_url"), approval=approval or None))
@@ -233,17 +240,37 @@ class Publisher:
 
     def run_stage(self, plan: StagePlan, states: dict[str, NodeState],
                   approval: dict[str, Any] | None) -> list[NodeOutcome]:
+        """Upload to every node of the stage first, then activate: a slow activation (health
+        check) never holds an upload slot, and no node switches before all have the bytes."""
         self.emit(Event("stage-start", plan.name, total=len(plan.nodes),
                         message=f"stage {plan.name}: {len(plan.nodes)} node(s)"))
+        version = self.manifest.version
+        outcomes: dict[str, NodeOutcome] = {}
 
-        def one(name: str) -> NodeOutcome:
-            outcome = self._deploy_node(name, plan, states[name], approval)
-            self.emit(Event("node", plan.name, name, f"{name}: {outcome.result}"
+        def report(outcome: NodeOutcome) -> NodeOutcome:
+            self.emit(Event("node", plan.name, outcome.node, f"{outcome.node}: {outcome.result}"
                             + (f" ({outcome.detail})" if outcome.detail else "")))
             return outcome
 
+        todo = []
+        for name in plan.nodes:
+            state = states[name]
+            if state.reachable and state.current == version and state.health != "fail":
+                outcomes[name] = report(NodeOutcome(name, plan.name, "already", version))
+            else:
+                todo.append(name)
         with ThreadPoolExecutor(max_workers=self.settings.concurrency) as pool:
-            return list(pool.map(one, plan.nodes))
+            uploads = dict(zip(todo, pool.map(
+                lambda n: self._upload_node(n, plan, states[n]), todo), strict=True))
+            ready = [n for n in todo if uploads[n] is None]
+            for name in todo:
+                failed = uploads[name]
+                if failed is not None:
+                    outcomes[name] = report(failed)
+            for outcome in pool.map(
+                    lambda n: self._activate_node(n, plan, states[n], approval), ready):
+                outcomes[outcome.node] = report(outcome)
+        return [outcomes[name] for name in plan.nodes]
 
     def bake(self, plan: StagePlan, nodes: list[str]) -> list[NodeOutcome]:
         """Watch the stage's nodes for the bake time; any failure aborts, and a health that
