@@ -19,9 +19,8 @@ from importlib import resources
 from pathlib import Path
 
 from hotrelease.errors import HotreleaseError
-from hotrelease.manifest import parse_manifest_bytes
-from hotrelease.signing import MANIFEST_TYPE, Envelope, generate_keypair, load_private_key
-from hotrelease.verify import signature_path_for
+from hotrelease.signing import generate_keypair, load_private_key
+from hotrelease.verify import sign_manifest
 
 Say = Callable[[str], None]
 
@@ -71,14 +70,6 @@ def copy_example(target: Path, name: str = "python-plugin") -> Path:
     shutil.copytree(example_dir(name), target,
                     ignore=shutil.ignore_patterns("dist", "__pycache__", "*.pyc"))
     return target
-
-
-def sign_manifest(manifest_path: Path, key_path: Path) -> None:
-    _, canonical = parse_manifest_bytes(manifest_path.read_bytes(), str(manifest_path))
-    sig_path = signature_path_for(manifest_path)
-    envelope = Envelope.load(sig_path) if sig_path.exists() else Envelope(MANIFEST_TYPE)
-    envelope.add_signature(canonical, load_private_key(key_path))
-    envelope.save(sig_path)
 
 
 def _git(repo: Path, *args: str) -> None:
@@ -180,7 +171,7 @@ class Demo:
             env["GREETER_BROKEN"] = "1"
         result = build_release(load_config(self.repo / "hotrelease.toml"), version=version,
                                out_dir=None, allow_dirty=False, now=datetime.now(UTC), env=env)
-        sign_manifest(result.manifest_path, self.keys / "release.key")
+        sign_manifest(result.manifest_path, load_private_key(self.keys / "release.key"))
         self.say(f"   build + sign: {result.bundle_path.name} "
                  f"(sha256 {result.manifest.bundle.sha256[:12]}…)")
         return result.manifest_path

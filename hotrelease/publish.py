@@ -185,10 +185,11 @@ class Publisher:
     def stage_done(self, plan: StagePlan, states: dict[str, NodeState]) -> bool:
         """Done when at most `failure_threshold` of its nodes lack the release (a tolerated
         failure does not block later stages; re-running the stage retries those nodes)."""
+        if not plan.nodes:
+            return True
         missing = [n for n in plan.nodes
                    if not (states[n].reachable and states[n].current == self.manifest.version)]
-        return len(missing) <= plan.failure_threshold and len(missing) < len(plan.nodes) \
-            if plan.nodes else True
+        return len(missing) <= plan.failure_threshold and len(missing) < len(plan.nodes)
 
     # --- approvals ------------------------------------------------------------------------
     def find_approval(self, plan: StagePlan) -> dict[str, Any] | None:

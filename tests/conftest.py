@@ -146,8 +146,8 @@ def build_plugin(plugin_repo: GitRepo, make_key: Callable[..., KeyPair]):
 
     from hotrelease.artifact import build_release
     from hotrelease.config import load_config
-    from hotrelease.manifest import parse_manifest_bytes
-    from hotrelease.signing import MANIFEST_TYPE, Envelope, load_private_key
+    from hotrelease.signing import load_private_key
+    from hotrelease.verify import sign_manifest, signature_path_for
 
     default_key = make_key("release")
 
@@ -159,12 +159,9 @@ def build_plugin(plugin_repo: GitRepo, make_key: Callable[..., KeyPair]):
                                now=datetime(2026, 11, 24, 12, tzinfo=UTC),
                                env={**os.environ, "SOURCE_DATE_EPOCH": "1700000000",
                                     **(env or {})})
-        sig = Path(f"{result.manifest_path}.sig")
+        sig = signature_path_for(result.manifest_path)
         if sign:
-            _, canonical = parse_manifest_bytes(result.manifest_path.read_bytes())
-            envelope = Envelope(MANIFEST_TYPE)
-            envelope.add_signature(canonical, load_private_key(key.private))
-            envelope.save(sig)
+            sign_manifest(result.manifest_path, load_private_key(key.private))
         return SignedRelease(result.manifest_path, result.bundle_path, sig, key, version)
 
     return build

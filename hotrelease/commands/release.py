@@ -84,9 +84,8 @@ def sign(
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Add a signature to MANIFEST.sig (run again with another key for k-of-n)."""
-    from hotrelease.manifest import load_manifest, parse_manifest_bytes
-    from hotrelease.signing import MANIFEST_TYPE, Envelope, load_private_key
-    from hotrelease.verify import signature_path_for
+    from hotrelease.signing import load_private_key
+    from hotrelease.verify import sign_manifest
 
     existing_file(manifest, "manifest")
     if key is None and key_env is None:
@@ -95,12 +94,7 @@ def sign(
             raise UsageError("give --key FILE, --key-env VAR, or set HOTRELEASE_SIGNING_KEY")
     private = load_private_key(key, env=None if key else key_env,
                                passphrase=read_passphrase(passphrase_env))
-    load_manifest(manifest)  # refuse to sign something that is not a valid manifest
-    _, canonical = parse_manifest_bytes(manifest.read_bytes(), str(manifest))
-    sig_path = signature_path_for(manifest)
-    envelope = Envelope.load(sig_path) if sig_path.exists() else Envelope(MANIFEST_TYPE)
-    keyid = envelope.add_signature(canonical, private)
-    envelope.save(sig_path)
+    sig_path, envelope, keyid = sign_manifest(manifest, private)
     if json_out:
         emit_json({"signature": str(sig_path), "keyid": keyid,
                    "signatures": len(envelope.signatures)})
