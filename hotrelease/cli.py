@@ -19,7 +19,7 @@ from hotrelease.commands import classify as classify_commands
 from hotrelease.commands import init as init_commands
 from hotrelease.commands import publish as publish_commands
 from hotrelease.commands import release as release_commands
-from hotrelease.errors import HotreleaseError
+from hotrelease.errors import EXIT_NOT_NOW, HotreleaseError, InternalError, from_os_error
 
 app = typer.Typer(
     name="hotrelease",
@@ -66,12 +66,21 @@ def _report(exc: HotreleaseError) -> None:
     if "--json" in sys.argv[1:]:
         print(json.dumps({"ok": False, "error": {"code": exc.code, "message": message,
                                                   "exit_code": exc.exit_code}}))
-    print(f"hotrelease: error: {message}", file=sys.stderr)
+    # Exit 3 is no failure: the release is allowed, just not yet.
+    kind = "not now" if exc.exit_code == EXIT_NOT_NOW else "error"
+    print(f"hotrelease: {kind}: {message}", file=sys.stderr)
 
 
 def main() -> None:
     try:
-        app(prog_name="hotrelease")
+        try:
+            app(prog_name="hotrelease")
+        except OSError as exc:  # a path the user gave: unreadable, unwritable, missing
+            raise from_os_error(exc) from exc
+        except (HotreleaseError, KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:  # noqa: BLE001 - a bug: one line, traceback with --debug
+            raise InternalError(f"internal error: {type(exc).__name__}: {exc}") from exc
     except HotreleaseError as exc:
         _report(exc)
         sys.exit(exc.exit_code)

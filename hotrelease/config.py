@@ -64,6 +64,10 @@ class NotifyConfig:
     webhook: str | None = None
     timeout: int = 10
 
+    @property
+    def targets(self) -> bool:
+        return bool(self.command or self.webhook)
+
 
 @dataclass
 class ProjectConfig:
@@ -293,3 +297,17 @@ def find_config(explicit: Path | None, start: Path | None = None) -> Path:
 def load_config(explicit: Path | None = None, start: Path | None = None) -> ProjectConfig:
     path = find_config(explicit, start)
     return parse_config(load_toml(path), path)
+
+
+def config_warnings(cfg: ProjectConfig) -> list[str]:
+    """Valid settings that probably are not meant; `config check` prints them."""
+    warnings = []
+    if not cfg.notify.targets:
+        # Any signed security patch takes the urgent lane: someone has to hear about it.
+        warnings.append(f"{cfg.path}: notify: the urgent lane has no notify target (no "
+                        "[notify] webhook or command): when a security patch ships, nobody "
+                        "is told")
+    if not cfg.trust.security_keys:
+        warnings.append(f"{cfg.path}: trust -> security_keys: empty: no security label can "
+                        "be verified, so no update takes the urgent lane")
+    return warnings

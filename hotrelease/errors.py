@@ -11,7 +11,8 @@ EXIT_REFUSED = 1  # verification or policy said no
 EXIT_USAGE = 2  # bad arguments, bad config, bad input, failed build
 EXIT_NOT_NOW = 3  # allowed, but not yet: outside a window, waiting for approval
 EXIT_ABORTED = 4  # a rollout started and was aborted / rolled back
-EXIT_UNREACHABLE = 5  # an agent or remote service could not be reached
+EXIT_UNREACHABLE = 5  # an agent or remote service could not be reached: no answer came
+EXIT_INTERNAL = 70  # a bug: an exception outside this tree (sysexits' EX_SOFTWARE)
 
 
 class HotreleaseError(Exception):
@@ -124,6 +125,9 @@ class AbortedError(HotreleaseError):
 
 
 class UnreachableError(HotreleaseError):
+    """No answer came (connection refused, timeout, TLS failure). An agent that answered
+    with a refusal raises a refusal instead: exit 1, not 5."""
+
     exit_code = EXIT_UNREACHABLE
     code = "unreachable"
 
@@ -132,3 +136,16 @@ class NotifyError(UnreachableError):
     """The urgent-lane notification hook (command or webhook) failed."""
 
     code = "notify_failed"
+
+
+class InternalError(HotreleaseError):
+    """What the CLI edge makes of an exception outside this tree: a bug, reported in one line."""
+
+    exit_code = EXIT_INTERNAL
+    code = "internal"
+
+
+def from_os_error(exc: OSError) -> UsageError:
+    """A file the user named (or its folder) cannot be read or written: an input error."""
+    where = exc.filename if exc.filename is not None else "file"
+    return UsageError(f"cannot use {where}: {exc.strerror or exc}", code="io")

@@ -18,10 +18,17 @@ from typing import Any
 
 from hotrelease.approvals import Approval
 from hotrelease.config import ProjectConfig, load_config
-from hotrelease.errors import ConfigError, NotNowError, PolicyError, UsageError
+from hotrelease.errors import (
+    ConfigError,
+    HotreleaseError,
+    NotNowError,
+    PolicyError,
+    UnreachableError,
+    UsageError,
+)
 from hotrelease.manifest import ReleaseManifest, format_time, load_manifest
 from hotrelease.publish import AgentAPI, Event, NodeState, Publisher, read_fleet
-from hotrelease.rollout import LANES, Inventory, StagePlan, plan_stages
+from hotrelease.rollout import Inventory, StagePlan, release_plan
 
 TOKEN_ENV_DEFAULT = "HOTRELEASE_AGENT_TOKEN"
 
@@ -122,13 +129,9 @@ class FleetSession:
         return str(self.decision.lane)
 
     def plans(self) -> list[StagePlan]:
-        lane = self.lane if self.lane in LANES else "scheduled"
-        specs = self.inventory.stages[lane]
-        plans = plan_stages(self.manifest.release_id, self.inventory.nodes, specs)
-        gated = set(self.decision.approval_stages)
-        plans = [StagePlan(p.name, p.nodes, p.bake_seconds, p.failure_threshold,
-                           p.name in gated) for p in plans]
-        return plans[:1] if self.decision.canary_only else plans
+        return release_plan(self.manifest.release_id, self.inventory, self.lane,
+                            gated=self.decision.approval_stages,
+                            canary_only=self.decision.canary_only)
 
     def publisher(self, emit: Any = lambda e: None) -> Publisher:
         meta = {"release_id": self.manifest.release_id, "lane": self.lane,
@@ -179,10 +182,11 @@ class FleetSession:
         first = plans[0]
         if self.lane == "urgent" and stage in (None, first.name) and \
                 not publisher.stage_done(first, publisher.snapshot(first.nodes)):
+            # Labels first: an agent that refuses one stops the rollout before ops are paged.
+            self._share_labels()
             # Ops hear about an urgent rollout once: when its first stage starts.
             if notify:
                 self._notify()
-            self._share_labels()
         try:
             report = publisher.publish(plans, stage=stage, all_stages=all_stages)
         finally:
@@ -193,15 +197,22 @@ class FleetSession:
     def _notify(self) -> None:
         if not self.decision.notify:
             return
-        from hotrelease.notify import notify_urgent
+        from hotrelease.notify import nobody_to_notify, notify_urgent
 
+        nobody = nobody_to_notify(self.cfg.notify, self.cfg.path)
+        if nobody is not None:
+            print(f"warning: {nobody}", file=sys.stderr)
+            return
         for line in notify_urgent(self.decision, self.cfg.notify):
             print(f"notify: {line}", file=sys.stderr)
 
     def _share_labels(self) -> None:
         """Hand the signed security label to every agent before a security rollout: each
         raises its security floor, so no later rollback can return to the vulnerable
-        version. Best effort: the rollout itself does not depend on it."""
+        version. An agent that refuses the label (it does not trust the security team's
+        key) stops the rollout before any node changes: shipped without the floor, the fix
+        could be rolled back silently. An unreachable agent is only warned about: the
+        rollout itself counts it against the stage."""
         if self.decision.release_class != "security":
             return
         import json
@@ -212,18 +223,28 @@ class FleetSession:
                                                      self.manifest.version,
                                                      self.manifest_path.parent)]
         clients = make_clients(self.inventory)
+        refused: dict[str, HotreleaseError] = {}
         for path in paths:
             try:
                 label = json.loads(path.read_text())
                 envelope = json.loads(Path(f"{path}.sig").read_text())
-            except (OSError, ValueError):
-                continue
+            except (OSError, ValueError) as exc:
+                raise UsageError(f"{path}: security label unreadable: {exc}") from None
             for name, client in clients.items():
                 try:
                     client.post_label(self.manifest.name, label, envelope)
-                except Exception as exc:  # noqa: BLE001 - reported, not fatal
-                    print(f"warning: security label not accepted by {name}: {exc}",
+                except UnreachableError as exc:
+                    print(f"warning: security label not delivered to {name}: {exc}",
                           file=sys.stderr)
+                except HotreleaseError as exc:
+                    refused[name] = exc
+        if refused:
+            detail = "; ".join(f"{node}: {exc}" for node, exc in refused.items())
+            raise PolicyError(f"{self.manifest.release_id}: the security label was refused by "
+                              f"{len(refused)} node(s), so their security floor would not "
+                              f"rise; nothing was rolled out (add the security team's key to "
+                              f"[trust] security_keys in their agent.toml): {detail}",
+                              code="label_refused")
 
     def _dry_run(self, plans: list[StagePlan], stage: str | None,
                  plan_digest: str | None) -> dict[str, Any]:
@@ -268,19 +289,18 @@ class FleetSession:
                             self.now + timedelta(hours=valid_hours), plans[stage].nodes)
         envelope = approval.sign(private_key).to_dict() if private_key is not None else None
         clients = make_clients(self.inventory)
-        recorded, failed = [], {}
+        recorded: list[str] = []
+        errors: dict[str, HotreleaseError] = {}
         for node in self.inventory.nodes:
             try:
                 clients[node.name].post_approval(self.manifest.name, approval.to_dict(),
                                                  envelope)
                 recorded.append(node.name)
-            except Exception as exc:  # noqa: BLE001 - reported per node below
-                failed[node.name] = str(exc)
+            except HotreleaseError as exc:
+                errors[node.name] = exc
         if not recorded:
-            from hotrelease.errors import UnreachableError
-
-            raise UnreachableError("approval could not be recorded on any node: "
-                                   + "; ".join(f"{k}: {v}" for k, v in failed.items()))
+            raise _no_node_took_it("approval", errors)
+        failed = {name: str(exc) for name, exc in errors.items()}
         return {"release": self.manifest.release_id, "stage": stage,
                 "bundle_sha256": self.manifest.bundle.sha256, "approved_by": approver,
                 "signed": envelope is not None, "nodes": list(plans[stage].nodes),
@@ -351,6 +371,17 @@ class FleetSession:
         lines.append("rollout complete" if report["complete"]
                      else f"next stage: {report['next_stage']}")
         return lines
+
+
+def _no_node_took_it(what: str, errors: dict[str, HotreleaseError]) -> HotreleaseError:
+    """Every node said no or said nothing. A refusal is an answer (exit 1, the first
+    refusal's class and code); only when no agent answered at all is it exit 5."""
+    detail = "; ".join(f"{node}: {exc}" for node, exc in errors.items())
+    refusals = [exc for exc in errors.values() if not isinstance(exc, UnreachableError)]
+    if refusals:
+        return HotreleaseError(f"{what} refused by every node: {detail}",
+                               code=refusals[0].code)
+    return UnreachableError(f"{what} could not be recorded on any node: {detail}")
 
 
 def _verified_manifest(cfg: ProjectConfig, path: Path, now: datetime) -> ReleaseManifest:

@@ -253,9 +253,22 @@ class Schedule:
             for iv in self.allowed(lo, hi):
                 if iv.end > moment and iv.start < hi:
                     start = max(iv.start, moment)
-                    return Slot(start, iv.end, self.window_at(start) or "?")
+                    end = self._open_until(iv.end, moment + horizon)
+                    return Slot(start, end, self.window_at(start) or "?")
             lo = hi
         return None
+
+    def _open_until(self, end: datetime, limit: datetime) -> datetime:
+        """Where allowed time that is open at `end` really stops: one search chunk sees only
+        the occurrences near it, so a long or always-open window (or back-to-back ones)
+        goes on in the next chunk. Capped at `limit` (the search horizon)."""
+        while end < limit:
+            going_on = [iv.end for iv in self.allowed(end, end + SEARCH_CHUNK)
+                        if iv.start <= end < iv.end]
+            if not going_on:
+                break
+            end = max(going_on)
+        return min(end, limit)
 
     def upcoming(self, moment: datetime, count: int) -> list[Slot]:
         slots: list[Slot] = []
@@ -317,8 +330,8 @@ def route_urgent(schedule: Schedule, now: datetime, *, signed: bool, policy: Pol
     routing = Routing("urgent", now, notify=True)
     frozen = schedule.freezes_at(now)
     if not frozen:
-        routing.reasons.append(Reason("lane.urgent", "urgent lane: may start now; ops are "
-                                                     "notified"))
+        routing.reasons.append(Reason("lane.urgent", "urgent lane: may start now; notify "
+                                                     "ops ([notify])"))
         return routing
     why_not = ("the security claim is not signed" if not signed else
                "policy.break_glass is false" if not policy.break_glass else
@@ -328,7 +341,8 @@ def route_urgent(schedule: Schedule, now: datetime, *, signed: bool, policy: Pol
         routing.break_glass = True
         routing.reasons.append(Reason(
             "freeze.break-glass", f"break-glass: signed security label pierces freeze "
-                                  f"{_names(frozen)}; may start now; ops are notified"))
+                                  f"{_names(frozen)}; may start now; notify ops "
+                                  "([notify])"))
         return routing
     routing.not_before = schedule.unfrozen_from(now)
     when = "may start when it ends" if routing.not_before is not None else \

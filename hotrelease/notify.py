@@ -49,6 +49,14 @@ def post_webhook(url: str, decision: Any, timeout: int) -> int:
     return response.status_code
 
 
+def nobody_to_notify(cfg: Any, where: Any) -> str | None:
+    """Why an urgent rollout would reach nobody, or None when a hook is configured. Said
+    plainly, never a silent no-op."""
+    if cfg is not None and cfg.targets:
+        return None
+    return f"nobody was notified: {where} has no [notify] webhook or command"
+
+
 def notify_urgent(decision: Any, cfg: Any) -> list[str]:
     """Run every configured hook; returns what was done (for the output)."""
     done = []

@@ -260,7 +260,9 @@ def gather_spec(*, lane: str, manifest: Path, config: Path | None, plan_digest: 
 
         session = FleetSession.open(manifest, config=cfg.path, now=now)
         decision = session.decision
-        stages = [StageJob(p.name, p.needs_approval, p.nodes) for p in session.plans()]
+        # A stage that reaches no node has no job (its gate, if any, moved to one that does).
+        stages = [StageJob(p.name, p.needs_approval, p.nodes) for p in session.plans()
+                  if p.nodes]
         name, version = session.manifest.name, session.manifest.version
         if skip_done and decision.lane == lane:
             done = _done_stages(session)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass, field
+from collections.abc import Collection
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from hotrelease.configreader import Table, load_toml
@@ -83,13 +84,19 @@ def rank_nodes(release_key: str, nodes: list[Node]) -> list[Node]:
 
 
 def plan_stages(release_key: str, nodes: list[Node], stages: list[StageSpec],
-                *, approval_override: bool | None = None) -> list[StagePlan]:
-    """Deterministic stage plan. `approval_override` forces every stage's approval flag
-    (e.g. a signed security patch with policy 'no approval')."""
+                *, gated: Collection[str] | None = None) -> list[StagePlan]:
+    """Deterministic stage plan. `gated`: the stages that need an approval (default: each
+    stage's own `approval` flag; a release decision adds more, e.g. every stage after the
+    canary of a major release).
+
+    A gate is never lost to a stage that reaches no node (a small fleet is used up by the
+    stages before it): it passes to the next stage that has nodes, or, when none follows,
+    to the last one that has: that stage is the one that completes the fleet."""
     ranked = rank_nodes(release_key, nodes)
     assigned: list[str] = []
     plans: list[StagePlan] = []
     total = len(nodes)
+    carried = False
     for spec in stages:
         if spec.percent is not None:
             target = math.ceil(total * spec.percent / 100)
@@ -99,10 +106,23 @@ def plan_stages(release_key: str, nodes: list[Node], stages: list[StageSpec],
                     and (not spec.groups or set(spec.groups) & set(n.groups))]
         take = eligible[:max(target - len(assigned), 0)]
         assigned.extend(take)
-        needs = spec.approval if approval_override is None else approval_override
+        needs = (spec.approval if gated is None else spec.name in gated) or carried
+        carried = needs and not take
         plans.append(StagePlan(spec.name, tuple(take), spec.bake_seconds,
-                               spec.failure_threshold, needs))
+                               spec.failure_threshold, needs and bool(take)))
+    reaching = [i for i, plan in enumerate(plans) if plan.nodes]
+    if carried and reaching:
+        plans[reaching[-1]] = replace(plans[reaching[-1]], needs_approval=True)
     return plans
+
+
+def release_plan(release_id: str, inventory: Inventory, lane: str, *,
+                 gated: Collection[str], canary_only: bool = False) -> list[StagePlan]:
+    """The one stage plan of a release: `plan`, `publish`, `approve`, `status`, `rollback`
+    and the GitLab child pipeline all take it from here, so they cannot disagree."""
+    specs = inventory.stages[lane if lane in LANES else "scheduled"]
+    return plan_stages(release_id, inventory.nodes, specs[:1] if canary_only else specs,
+                       gated=gated)
 
 
 # --- config -------------------------------------------------------------------------------

@@ -45,6 +45,7 @@ class InitOptions:
     bake_seconds: int = 60
     urgent_bake_seconds: int = 30
     force: bool = False
+    security_key: Path | None = None  # the security team's public key (PEM)
 
 
 @dataclass
@@ -57,6 +58,8 @@ class InitResult:
     signing_key: Path | None = None
     agent_token: Path | None = None
     keyid: str = ""
+    security_keyid: str = ""
+    security_signing_key: Path | None = None  # generated here: hand it to the security team
 
 
 def template_root() -> Path:
@@ -200,6 +203,36 @@ def _merge_gitignore(path: Path, template: str, result: InitResult) -> None:
         result.updated.append(path)
 
 
+def _security_key(opts: InitOptions, directory: Path, result: InitResult) -> None:
+    """Agents raise their security floor only on labels signed by the security team's key,
+    so the project and the agent config trust it from the start: the team's public key
+    (--security-key), else the one already there, else a new pair whose private half waits
+    in .hotrelease/ for the security team."""
+    from hotrelease.signing import generate_keypair, load_public_key
+
+    public = directory / "keys" / "security.pub"
+    private = directory / PRIVATE_DIR
+    if opts.security_key is not None:
+        key = load_public_key(opts.security_key)
+        public.write_bytes(opts.security_key.read_bytes())
+        result.written.append(public)
+    elif public.is_file():
+        key = load_public_key(public)
+        result.kept.append(public)
+    else:
+        private.mkdir(parents=True, exist_ok=True)
+        os.chmod(private, 0o700)
+        key = generate_keypair(private / "security")
+        (private / "security.pub").replace(public)
+        result.written.append(public)
+    if (private / "security.key").is_file():
+        result.security_signing_key = private / "security.key"
+    result.security_keyid = key.keyid
+    deploy_pub = directory / "deploy" / "security.pub"
+    deploy_pub.write_bytes(public.read_bytes())
+    result.written.append(deploy_pub)
+
+
 def init_project(opts: InitOptions) -> InitResult:
     from hotrelease.agent.auth import hash_token
     from hotrelease.signing import generate_keypair, load_public_key
@@ -228,6 +261,11 @@ def init_project(opts: InitOptions) -> InitResult:
         raise UsageError(f"{directory}: would overwrite {', '.join(existing)} "
                          "(use --force to replace them; keys and tokens are always kept)")
     _check_config(files["hotrelease.toml"], directory)
+    if opts.security_key is not None:
+        try:
+            load_public_key(opts.security_key)
+        except Exception as exc:  # noqa: BLE001 - becomes a usage error with the reason
+            raise UsageError(f"--security-key {opts.security_key}: {exc}") from None
 
     result = InitResult(directory, name)
     directory.mkdir(parents=True, exist_ok=True)
@@ -258,6 +296,7 @@ def init_project(opts: InitOptions) -> InitResult:
     deploy_pub = directory / "deploy" / "release.pub"
     deploy_pub.write_bytes(public.read_bytes())
     result.written.append(deploy_pub)
+    _security_key(opts, directory, result)
     if token_file.is_file():
         result.kept.append(token_file)
     else:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,17 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO_ROOT / "examples"
 PYTHON_PLUGIN = EXAMPLES / "python-plugin"
-FIXED_NOW = "2026-11-24T12:00:00Z"
+
+
+def iso(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# The one clock of the test run, read from the real one: agents check expiry against the real
+# clock, so a test time pinned to a calendar date would expire with it. Tests that need a time
+# of day or a weekday derive it from here (e.g. a window opening 10 hours from now).
+TEST_NOW = datetime.now(UTC).replace(microsecond=0)
+NOW = iso(TEST_NOW)
 
 
 # --- the CLI as a user runs it ---------------------------------------------------------------
@@ -28,10 +39,18 @@ class CliResult:
     stdout: str
     stderr: str
 
+    def _last(self, prefix: str) -> str:
+        lines = [ln for ln in self.stderr.splitlines() if ln.startswith(prefix)]
+        return lines[-1] if lines else ""
+
     @property
     def error_line(self) -> str:
-        lines = [ln for ln in self.stderr.splitlines() if ln.startswith("hotrelease: error:")]
-        return lines[-1] if lines else ""
+        return self._last("hotrelease: error:")
+
+    @property
+    def not_now_line(self) -> str:
+        """Exit 3 is reported as `hotrelease: not now: …`, never as an error."""
+        return self._last("hotrelease: not now:")
 
 
 def run_cli(*args: str | Path, cwd: Path | None = None, env: dict[str, str] | None = None,
@@ -142,8 +161,6 @@ class SignedRelease:
 @pytest.fixture
 def build_plugin(plugin_repo: GitRepo, make_key: Callable[..., KeyPair]):
     """Build (in-process) and sign a version of the example plugin; returns SignedRelease."""
-    from datetime import UTC, datetime
-
     from hotrelease.artifact import build_release
     from hotrelease.config import load_config
     from hotrelease.signing import load_private_key
@@ -156,7 +173,7 @@ def build_plugin(plugin_repo: GitRepo, make_key: Callable[..., KeyPair]):
         key = key or default_key
         cfg = load_config(plugin_repo.path / "hotrelease.toml")
         result = build_release(cfg, version=version, out_dir=out, allow_dirty=False,
-                               now=datetime(2026, 11, 24, 12, tzinfo=UTC),
+                               now=TEST_NOW,
                                env={**os.environ, "SOURCE_DATE_EPOCH": "1700000000",
                                     **(env or {})})
         sig = signature_path_for(result.manifest_path)

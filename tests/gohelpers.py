@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from conftest import NOW
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GO_PLUGIN = REPO_ROOT / "examples" / "go-plugin"
 GO_HOST = REPO_ROOT / "examples" / "go-host"
-FIXED_NOW = "2026-11-24T12:00:00Z"
 EPOCH = "1700000000"
 GO_ENV = {"GOPROXY": "off", "GOTOOLCHAIN": "local", "CGO_ENABLED": "1", "GOFLAGS": ""}
 API = "hotrelease.example/gameapi"  # the module host and plugin share
@@ -63,7 +64,7 @@ def hotrelease_build(plugin_dir: Path, version: str, out: Path,
     """`hotrelease build` as CI runs it; returns its --json result."""
     proc = subprocess.run(
         [sys.executable, "-m", "hotrelease", "build", "--version", version, "--out", str(out),
-         "--allow-dirty", "--now", FIXED_NOW, "--json"],
+         "--allow-dirty", "--now", NOW, "--json"],
         cwd=plugin_dir, env=go_env(SOURCE_DATE_EPOCH=EPOCH, **(env or {})),
         capture_output=True, text=True, timeout=300)
     if proc.returncode != 0:

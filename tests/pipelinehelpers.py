@@ -221,7 +221,9 @@ def make_plugin_repo(tmp_path: Path, *, nodes: int = 3, window: str = "mon-sun 0
         text = (template.replace('"/var/lib/hotrelease-agent"', json.dumps(str(root / "data")))
                 .replace('listen = "0.0.0.0"', 'listen = "127.0.0.1"')
                 .replace("port = 7701", f"port = {port}")
-                .replace('["release.pub"]', json.dumps([str(path / "deploy" / "release.pub")])))
+                .replace('["release.pub"]', json.dumps([str(path / "deploy" / "release.pub")]))
+                .replace('["security.pub"]', json.dumps([str(path / "deploy" /
+                                                          "security.pub")])))
         agent = AgentProcess(root, text, port)
         repo.agents[node] = agent
     if start:

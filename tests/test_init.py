@@ -18,7 +18,8 @@ from hotrelease.pipeline import ChildSpec, StageJob, render_child, to_yaml
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PYTHON_FILES = {"hotrelease.toml", ".gitlab-ci.yml", ".gitlab/hotrelease.gitlab-ci.yml",
                 ".gitignore", "deploy/agent.toml", "deploy/hotrelease-agent.service",
-                "deploy/release.pub", "keys/release.pub", "build.py", "src/plugin.py",
+                "deploy/release.pub", "keys/release.pub", "deploy/security.pub",
+                "keys/security.pub", "build.py", "src/plugin.py",
                 "src/greetings.txt"}
 
 
@@ -97,6 +98,48 @@ def test_init_never_overwrites_without_force_and_always_keeps_keys(cli, tmp_path
     assert "keys/release.pub" in doc["kept"] and ".hotrelease/agent-token" in doc["kept"]
     assert (repo / ".hotrelease" / "agent-token").read_text() == token
     assert "[plugin]" in (repo / "hotrelease.toml").read_text()
+
+
+def test_init_wires_the_security_team_key_into_project_and_agents(cli, tmp_path: Path) -> None:
+    """Agents raise their security floor only on labels signed by a key they trust: init
+    trusts the security team's key everywhere from the start, and never replaces it."""
+    from hotrelease.agent.config import load_agent_config
+    from hotrelease.config import load_config
+    from hotrelease.signing import load_public_key
+
+    repo = git_repo(tmp_path / "arena")
+    doc = json.loads(init(cli, repo).stdout)
+    private = repo / ".hotrelease" / "security.key"
+    assert doc["security_signing_key"] == str(private)
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600
+    team = load_public_key(repo / "keys" / "security.pub")
+    assert team.keyid == doc["security_keyid"] != doc["keyid"]
+    assert (repo / "deploy" / "security.pub").read_bytes() == \
+        (repo / "keys" / "security.pub").read_bytes()
+    assert list(load_agent_config(repo / "deploy" / "agent.toml").security_keys) == [team.keyid]
+    cfg = load_config(repo / "hotrelease.toml")
+    assert [load_public_key(p).keyid for p in cfg.trust.security_keys] == [team.keyid]
+
+    again = json.loads(init(cli, repo, "--force").stdout)
+    assert again["security_keyid"] == team.keyid and "keys/security.pub" in again["kept"]
+
+    # The team's own public key: trusted as given, no private key is made here.
+    other = git_repo(tmp_path / "other")
+    assert cli("keygen", "--out", tmp_path / "team").code == 0
+    given = json.loads(init(cli, other, "--security-key", str(tmp_path / "team.pub")).stdout)
+    assert given["security_keyid"] == load_public_key(tmp_path / "team.pub").keyid
+    assert given["security_signing_key"] is None
+    assert not (other / ".hotrelease" / "security.key").exists()
+
+
+def test_init_refuses_a_security_key_that_is_not_a_public_key(cli, tmp_path: Path) -> None:
+    repo = git_repo(tmp_path / "p")
+    bogus = tmp_path / "bogus.pub"
+    bogus.write_text("not a key\n")
+    result = init(cli, repo, "--security-key", str(bogus))
+    assert result.code == 2, result.stdout
+    assert "--security-key" in result.error_line
+    assert [p.name for p in repo.iterdir()] == [".git"]
 
 
 def test_init_merges_an_existing_gitignore(cli, tmp_path: Path) -> None:
@@ -305,3 +348,49 @@ def test_pipeline_command_writes_the_stage_plan_of_the_inventory(cli, tmp_path: 
     again = cli("pipeline", "--lane", "scheduled", "--manifest", built["manifest"],
                 "--plan", "sha256:" + "0" * 64, "--out", out, cwd=repo)
     assert again.code == 1 and "plan changed" in again.error_line
+
+
+def _init_and_build(cli, tmp_path: Path, nodes: int, version: str = "0.1.0") -> tuple[Path, str]:
+    repo = git_repo(tmp_path / f"greeter-{nodes}")
+    args = [a for i in range(nodes) for a in ("--node", f"n{i}=http://127.0.0.1:9")]
+    assert init(cli, repo, *args, "--window", "mon-sun 00:00 1d UTC").code == 0
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
+    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
+    subprocess.run(["git", "commit", "-qm", "init"], cwd=repo, check=True,
+                   env={**os.environ, **env})
+    built = json.loads(cli("build", "--version", version, "--json", cwd=repo).stdout)
+    assert cli("sign", built["manifest"], "--key", repo / ".hotrelease" / "release.key").code == 0
+    return repo, built["manifest"]
+
+
+@pytest.mark.parametrize("nodes, expected", [
+    # One node: the canary is the whole fleet, so a major release needs an approval for it.
+    (1, [("canary", True, 1)]),
+    (2, [("canary", False, 1), ("all", True, 1)]),
+])
+def test_plan_and_child_pipeline_gate_a_major_release_on_a_small_fleet(
+        cli, tmp_path: Path, nodes: int, expected) -> None:
+    repo, manifest = _init_and_build(cli, tmp_path, nodes)
+    plan = cli("plan", "--manifest", manifest, "--json", cwd=repo)
+    assert plan.code == 0, plan.stderr
+    doc = json.loads(plan.stdout)
+    assert doc["class"] == "major"
+    gated = [name for name, approval, _ in expected if approval]
+    assert doc["approval_stages"] == gated
+    assert [(s["stage"], s["needs_approval"], len(s["nodes"]))
+            for s in doc["stage_plan"] if s["nodes"]] == expected
+    text = cli("plan", "--manifest", manifest, cwd=repo).stdout
+    assert f"approval:    {', '.join(gated)}" in text
+
+    out = repo / "child.yml"
+    child = cli("pipeline", "--lane", "scheduled", "--manifest", manifest, "--out", out,
+                "--json", cwd=repo)
+    assert child.code == 0, child.stderr
+    assert [(s["name"], s["approval"], len(s["nodes"]))
+            for s in json.loads(child.stdout)["stages"]] == expected
+    jobs = set(yaml.safe_load(out.read_text()))
+    for name, approval, _ in expected:
+        assert (f"hotrelease-approve-{name}" in jobs) is approval, jobs
+        assert (f"hotrelease-publish-{name}" in jobs) is not approval, jobs
+    assert doc["plan_digest"] in out.read_text()

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from hotrelease.cron import parse_cron
 from hotrelease.errors import ConfigError
 from hotrelease.lanes import (
+    SEARCH_HORIZON,
     Freeze,
     Interval,
     Recurrence,
@@ -26,6 +27,7 @@ from hotrelease.lanes import (
 )
 from hotrelease.policy import Policy
 
+UTC_ZONE = ZoneInfo("UTC")
 BERLIN, NEW_YORK, SHANGHAI = (ZoneInfo("Europe/Berlin"), ZoneInfo("America/New_York"),
                               ZoneInfo("Asia/Shanghai"))
 
@@ -190,6 +192,30 @@ def test_everything_frozen_means_no_slot() -> None:
     assert s.next_window(utc(2026, 1, 1)) is None
 
 
+def test_an_always_open_window_is_one_slot_to_the_horizon() -> None:
+    """Each search chunk is 16 days: the slot must not end where a chunk does."""
+    s = Schedule((weekly("always", ["mon-sun"], "00:00", "1d", UTC_ZONE),))
+    now = utc(2026, 11, 24, 12)
+    slot = s.next_window(now)
+    assert slot is not None and slot.start == now and slot.end == now + SEARCH_HORIZON
+
+
+def test_an_open_window_ends_where_a_freeze_starts_weeks_later() -> None:
+    freeze = Freeze("launch", fixed=Interval(utc(2027, 1, 20), utc(2027, 2, 1)))
+    s = Schedule((weekly("always", ["mon-sun"], "00:00", "1d", UTC_ZONE),), (freeze,))
+    slots = s.upcoming(utc(2026, 11, 24, 12), 2)
+    assert [(sl.start, sl.end) for sl in slots] == [
+        (utc(2026, 11, 24, 12), utc(2027, 1, 20)),
+        # searched from the end of the first slot, capped by the horizon from there
+        (utc(2027, 2, 1), utc(2027, 1, 20) + SEARCH_HORIZON)]
+
+
+def test_a_window_longer_than_a_search_chunk_keeps_its_end() -> None:
+    s = Schedule((cron_window("monthly", "0 0 1 * *", "20d", UTC_ZONE),))
+    slot = s.next_window(utc(2026, 12, 1, 6))
+    assert slot is not None and slot.end == utc(2026, 12, 21)
+
+
 def test_upcoming_lists_distinct_slots_in_order() -> None:
     s = Schedule((weekly("tue", ["tue", "thu"], "03:00", "2h", BERLIN),))
     slots = s.upcoming(utc(2026, 11, 24, 12), 3)
@@ -324,8 +350,11 @@ def test_next_window_properties(schedule: Schedule, moment: datetime) -> None:
     # It is the earliest: just before it, nothing was allowed (unless it is `moment` itself).
     if slot.start > moment:
         assert not brute_allowed(schedule, slot.start - timedelta(seconds=1))
-    # And the middle of the slot is allowed too.
+    # And the middle of the slot is allowed too, up to its end, where it really stops.
     assert brute_allowed(schedule, slot.start + (slot.end - slot.start) / 2)
+    assert brute_allowed(schedule, slot.end - timedelta(seconds=1))
+    if slot.end < moment + SEARCH_HORIZON:
+        assert not brute_allowed(schedule, slot.end), (slot, moment)
 
 
 @settings(max_examples=60, deadline=None)

@@ -148,10 +148,10 @@ def test_init_then_tag_publishes_canary_and_manual_approval_promotes_the_rest(
 
 def test_signed_security_patch_takes_the_urgent_lane_to_every_node(plugin, tmp_path) -> None:
     repo = plugin(nodes=3, window="sun 03:00 1h UTC")  # far from "now" most of the week
-    hotrelease("keygen", "--out", repo.path / "keys" / "security", cwd=repo.path)
-    (repo.path / "keys" / "security.key").rename(tmp_path / "security.key")  # stays offline
+    # init made the security team's key pair and wired its public half into hotrelease.toml
+    # and deploy/agent.toml; the private half goes to the team and stays offline.
+    (repo.path / ".hotrelease" / "security.key").rename(tmp_path / "security.key")
     notified = tmp_path / "notified.json"
-    repo.edit("hotrelease.toml", "security_keys = []", 'security_keys = ["keys/security.pub"]')
     repo.edit("hotrelease.toml", "# [notify]\n",
               f'[notify]\ncommand = ["sh", "-c", "cat > {notified}"]\n')
     repo.set_ci_variables()
@@ -191,6 +191,13 @@ def test_signed_security_patch_takes_the_urgent_lane_to_every_node(plugin, tmp_p
     assert order == sorted(order)  # notify, canary, then everything: no window wait
     assert set(repo.versions().values()) == {"1.0.1"}
     assert json.loads(notified.read_text())["class"] == "security"
+    # Every agent took the label: nobody can roll the fleet back onto the vulnerable version.
+    hotrelease("sign", built["manifest"], "--key", repo.path / ".hotrelease" / "release.key",
+               cwd=repo.path)
+    back = hotrelease("rollback", built["manifest"], cwd=repo.path, env=ops, check=False)
+    assert back.returncode == 1, back.stdout + back.stderr
+    assert "CVE-2026-4242" in back.stdout and "security floor" in back.stdout
+    assert set(repo.versions().values()) == {"1.0.1"}
 
 
 def test_feature_outside_its_window_waits_and_says_when(plugin) -> None:

@@ -340,3 +340,30 @@ def test_documented_example_config_parses() -> None:
     assert [w.name for w in cfg.schedule.windows] == ["weeknights", "us-early"]
     assert [f.name for f in cfg.schedule.freezes] == ["holidays", "weekend-tournament"]
     assert cfg.notify.command == ["/usr/local/bin/page-ops"] and cfg.notify.timeout == 10
+
+
+def test_urgent_plan_without_a_notify_target_says_nobody_was_notified(cli, setup) -> None:
+    repo, release, security, config = setup
+    assert label(cli, repo, release, security).code == 0
+    r = run(cli, repo, config, "plan", "--manifest", release.manifest, "--notify")
+    assert r.code == 0, r.stderr
+    assert "lane:        urgent" in r.stdout
+    assert "notified:    nobody (no [notify] webhook or command)" in r.stdout
+    assert f"warning: nobody was notified: {config} has no [notify]" in r.stderr
+    assert "ops are notified" not in r.stdout, "no rule claims a notification that did not happen"
+    doc = json.loads(run(cli, repo, config, "plan", "--manifest", release.manifest,
+                         "--notify", "--json").stdout)
+    assert doc["lane"] == "urgent" and doc["notified"] == []
+
+
+def test_config_check_warns_about_an_urgent_lane_nobody_hears_of(cli, setup, tmp_path) -> None:
+    _, _, security, config = setup
+    r = cli("config", "check", config, "--json")
+    assert r.code == 0, r.stderr
+    warnings = json.loads(r.stdout)["warnings"]
+    assert len(warnings) == 1 and "no notify target" in warnings[0] and str(config) in warnings[0]
+    assert "warning:" in r.stderr and "nobody is told" in r.stderr
+    told = write_config(tmp_path / "told", security.public,
+                        extra='[notify]\nwebhook = "https://chat.example.com/hooks/ops"')
+    twin = cli("config", "check", told, "--json")
+    assert twin.code == 0 and json.loads(twin.stdout)["warnings"] == []

@@ -8,15 +8,19 @@ import os
 import signal
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from conftest import AGENT_TOKEN, hosted_agent, wait_until
+from conftest import AGENT_TOKEN, NOW, TEST_NOW, hosted_agent, iso, wait_until
 
-from hotrelease.errors import EXIT_ABORTED, EXIT_NOT_NOW, EXIT_OK, EXIT_REFUSED
-
-NOW = "2026-11-24T12:00:00Z"  # a Tuesday
-
+from hotrelease.errors import (
+    EXIT_ABORTED,
+    EXIT_NOT_NOW,
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_UNREACHABLE,
+)
 
 ALWAYS_OPEN = """
 [[windows]]
@@ -99,9 +103,12 @@ NO_APPROVAL = FAST.replace("approval = true", "approval = false") + \
 def fleet(make_agent, plugin_repo, make_key, cli):
     make_key("security")
 
-    def make(n: int, rollout: str = FAST, extra: str = ALWAYS_OPEN) -> Fleet:
-        agents = [hosted_agent(make_agent, security_keys=[
-            plugin_repo.path.parent / "keys" / "security.pub"]) for _ in range(n)]
+    def make(n: int, rollout: str = FAST, extra: str = ALWAYS_OPEN, *,
+             untrusting: int = 0) -> Fleet:
+        """`untrusting`: how many of the agents do not trust the security team's key."""
+        trusted = [plugin_repo.path.parent / "keys" / "security.pub"]
+        agents = [hosted_agent(make_agent, security_keys=[] if i < untrusting else trusted)
+                  for i in range(n)]
         f = Fleet(plugin_repo, agents, cli)
         f.configure(rollout, extra)
         plugin_repo.commit("fleet config")
@@ -134,7 +141,8 @@ def test_five_nodes_canary_approval_waves(fleet, build_plugin):
     assert f.serving()[plan["canary"][0]] == "1.0.0"
 
     gated = f.run("publish", release.manifest, "--stage", "wave-1")
-    assert gated.code == EXIT_NOT_NOW and "needs an approval" in gated.error_line
+    assert gated.code == EXIT_NOT_NOW and "needs an approval" in gated.not_now_line
+    assert not gated.error_line, "not now is no error"
     assert f.versions() == versions, "a gated stage without approval changes nothing"
 
     approved = f.run("approve", release.manifest, "--stage", "wave-1", "--by", "alice",
@@ -167,7 +175,7 @@ def test_approval_for_another_digest_is_refused(fleet, build_plugin):
     before = f.versions()
     rebuilt = build_plugin("1.0.0", env={"SOURCE_DATE_EPOCH": "1700000999"})
     result = f.run("publish", rebuilt.manifest, "--stage", "wave-1")
-    assert result.code == EXIT_NOT_NOW and "approval" in result.error_line
+    assert result.code == EXIT_NOT_NOW and "approval" in result.not_now_line
     assert f.versions() == before
 
 
@@ -248,11 +256,13 @@ def test_killed_publish_resumes_and_the_fleet_ends_consistent(fleet, build_plugi
     assert set(f.versions().values()) == {"1.0.0"}
 
 
-WINDOWS = """
+# A two-hour window that opens ten hours from now, on whatever day that is.
+OPENS = (TEST_NOW + timedelta(hours=10)).replace(second=0)
+WINDOWS = f"""
 [[windows]]
-name = "tuesday-night"
-days = ["tue"]
-start = "22:00"
+name = "tonight"
+days = ["{OPENS.strftime('%a').lower()}"]
+start = "{OPENS.strftime('%H:%M')}"
 duration = "2h"
 timezone = "UTC"
 """
@@ -264,11 +274,18 @@ def test_scheduled_release_outside_its_window_is_refused_with_the_next_window(
     release = build_plugin("1.0.0")
     result = f.run("publish", release.manifest)
     assert result.code == EXIT_NOT_NOW
-    assert "next window opens at 2026-11-24T22:00:00Z" in result.error_line
+    assert f"next window opens at {iso(OPENS)}" in result.not_now_line
     assert set(f.versions().values()) == {None}
-    inside = f.run("publish", release.manifest, "--all-stages", now="2026-11-24T22:30:00Z")
+    inside = f.run("publish", release.manifest, "--all-stages",
+                   now=iso(OPENS + timedelta(minutes=30)))
     assert inside.code == EXIT_OK, inside.stderr
     assert set(f.versions().values()) == {"1.0.0"}
+
+
+def notify_hook(log: Path) -> str:
+    """A [notify] command that appends one line per notification to `log`."""
+    return (f'\n[notify]\ncommand = ["python3", "-c", "import sys; open(sys.argv[1], \'a\')'
+            f'.write(\'urgent\\\\n\')", "{log}"]\ntimeout = 10\n')
 
 
 def _security_label(f, release, version):
@@ -283,14 +300,16 @@ def _security_label(f, release, version):
 def test_signed_security_patch_during_a_freeze_needs_break_glass(fleet, build_plugin,
                                                                 break_glass):
     glass = "true" if break_glass else "false"
-    freeze = ALWAYS_OPEN + ('\n[[freezes]]\nname = "launch"\nstart = 2026-11-20\n'
-                            f'end = 2026-11-30\ntimezone = "UTC"\nbreak_glass = {glass}\n')
+    today = TEST_NOW.date()
+    freeze = ALWAYS_OPEN + (f'\n[[freezes]]\nname = "launch"\nstart = {today - timedelta(4)}\n'
+                            f'end = {today + timedelta(6)}\ntimezone = "UTC"\n'
+                            f'break_glass = {glass}\n')
     f = fleet(3, NO_APPROVAL, extra=freeze)
     base = build_plugin("1.0.0")
     f.repo.tag("v1.0.0")
     # The base rollout happened before the freeze.
     assert f.run("publish", base.manifest, "--all-stages",
-                 now="2026-11-10T12:00:00Z").code == EXIT_OK
+                 now=iso(TEST_NOW - timedelta(days=14))).code == EXIT_OK
     patch = build_plugin("1.0.1")
     feature_like = f.run("publish", patch.manifest)
     assert feature_like.code == EXIT_NOT_NOW, "unlabelled patch waits for the freeze to end"
@@ -380,8 +399,7 @@ def test_baseline_can_come_from_the_fleet(fleet, build_plugin):
 
 def test_urgent_rollout_notifies_ops_once(fleet, build_plugin, tmp_path):
     log = tmp_path / "notified.log"
-    hook = (f'\n[notify]\ncommand = ["python3", "-c", "import sys; open(sys.argv[1], \'a\')'
-            f'.write(\'urgent\\\\n\')", "{log}"]\ntimeout = 10\n')
+    hook = notify_hook(log)
     f = fleet(3, NO_APPROVAL, extra=ALWAYS_OPEN + hook)
     base = build_plugin("1.0.0")
     assert f.run("publish", base.manifest, "--all-stages").code == EXIT_OK
@@ -422,5 +440,42 @@ def test_health_neither_pass_nor_fail_pauses_for_a_human(fleet, build_plugin):
     agent.start()
     result = f.run("publish", release.manifest, "--stage", "canary")
     assert result.code == EXIT_NOT_NOW
-    assert "neither pass nor fail" in result.error_line and canary in result.error_line
+    assert "neither pass nor fail" in result.not_now_line and canary in result.not_now_line
     assert set(f.versions().values()) == {"1.0.0"}, "a pause promotes nothing, reverts nothing"
+
+
+def test_an_approval_every_agent_refuses_is_exit_1_and_no_answer_is_exit_5(fleet,
+                                                                         build_plugin):
+    f = fleet(2)
+    release = build_plugin("1.0.0")
+    assert f.run("publish", release.manifest).code == EXIT_OK  # the canary
+    expired = f.run("approve", release.manifest, "--stage", "all", "--by", "alice",
+                    "--valid-hours", "1", now=iso(TEST_NOW - timedelta(hours=2)))
+    assert expired.code == EXIT_REFUSED, expired.stderr
+    assert "refused by every node" in expired.error_line and "expired" in expired.error_line
+    records = [r for a in f.agents for r in a.history() if r.get("action") == "approval"]
+    assert len(records) == 2 and {r["result"] for r in records} == {"refused"}, records
+    for agent in f.agents:
+        agent.stop()
+    gone = f.run("approve", release.manifest, "--stage", "all", "--by", "alice")
+    assert gone.code == EXIT_UNREACHABLE, gone.stderr
+    assert "could not be recorded on any node" in gone.error_line
+
+
+def test_a_security_label_an_agent_refuses_fails_the_publish_and_changes_nothing(
+        fleet, build_plugin, tmp_path):
+    log = tmp_path / "notified.log"
+    hook = notify_hook(log)
+    f = fleet(3, NO_APPROVAL, extra=ALWAYS_OPEN + hook, untrusting=1)
+    base = build_plugin("1.0.0")
+    assert f.run("publish", base.manifest, "--all-stages").code == EXIT_OK
+    f.repo.tag("v1.0.0")
+    patch = build_plugin("1.0.1")
+    _security_label(f, patch, "1.0.1")
+    before = f.versions()
+    result = f.run("publish", patch.manifest, "--all-stages")
+    assert result.code == EXIT_REFUSED, result.stderr
+    assert "security label was refused by 1 node(s)" in result.error_line
+    assert "node-0" in result.error_line and "security_keys" in result.error_line
+    assert f.versions() == before == {n: "1.0.0" for n in f.by_name}
+    assert not log.exists(), "ops are not paged for a rollout that did not start"

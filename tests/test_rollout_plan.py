@@ -56,10 +56,50 @@ def test_group_restricted_canary_only_picks_from_the_group():
         assert len(plans[1].nodes) == 7
 
 
-def test_approval_override_applies_to_every_stage():
-    plans = plan_stages("x@1.0.0", fleet(3), DEFAULT_STAGES["scheduled"],
-                        approval_override=False)
+def test_gated_stages_replace_the_configured_flags():
+    plans = plan_stages("x@1.0.0", fleet(5), DEFAULT_STAGES["scheduled"], gated=())
     assert not any(p.needs_approval for p in plans)
+    plans = plan_stages("x@1.0.0", fleet(5), DEFAULT_STAGES["scheduled"], gated={"all"})
+    assert [p.needs_approval for p in plans] == [False, False, True]
+
+
+@pytest.mark.parametrize("n, gated, expected", [
+    # One node: the canary is the whole fleet, so the gates of the empty later stages fall
+    # to it: a major release never reaches the whole fleet without an approval.
+    (1, {"wave-1", "all"}, [("canary", 1, True), ("wave-1", 0, False), ("all", 0, False)]),
+    (1, {"all"}, [("canary", 1, True), ("wave-1", 0, False), ("all", 0, False)]),
+    (1, set(), [("canary", 1, False), ("wave-1", 0, False), ("all", 0, False)]),
+    # Two nodes: wave-1 (25%) is empty, its gate passes on to the next stage with nodes.
+    (2, {"wave-1"}, [("canary", 1, False), ("wave-1", 0, False), ("all", 1, True)]),
+    (2, {"wave-1", "all"}, [("canary", 1, False), ("wave-1", 0, False), ("all", 1, True)]),
+    (5, {"wave-1", "all"}, [("canary", 1, False), ("wave-1", 1, True), ("all", 3, True)]),
+])
+def test_a_gate_is_never_lost_to_an_empty_stage(n, gated, expected):
+    plans = plan_stages("x@1.0.0", fleet(n), DEFAULT_STAGES["scheduled"], gated=gated)
+    assert [(p.name, len(p.nodes), p.needs_approval) for p in plans] == expected
+
+
+@settings(max_examples=80, deadline=None)
+@given(n=st.integers(min_value=1, max_value=12),
+       shares=st.lists(st.integers(min_value=1, max_value=100), min_size=1, max_size=4),
+       gates=st.lists(st.booleans(), min_size=5, max_size=5))
+def test_no_node_is_reached_past_a_gate_without_an_approval(n, shares, gates):
+    """Every node that a gated stage would have covered sits in a gated stage or after one."""
+    specs = [StageSpec("canary", nodes=1)] + [StageSpec(f"w{i}", percent=p)
+                                              for i, p in enumerate(sorted(shares))]
+    specs.append(StageSpec("all", percent=100))
+    gated = {s.name for s, g in zip(specs, gates, strict=False) if g}
+    plans = plan_stages("x@1.0.0", fleet(n), specs, gated=gated)
+    first_gate = next((i for i, s in enumerate(specs) if s.name in gated), None)
+    if first_gate is None:
+        assert not any(p.needs_approval for p in plans)
+        return
+    opened = next((i for i, p in enumerate(plans) if p.needs_approval), None)
+    assert opened is not None, "a configured gate vanished"
+    # nothing beyond what the stages before the first gate reach goes out ungated
+    ungated_nodes = {name for p in plans[:opened] for name in p.nodes}
+    before_gate = {name for p in plans[:first_gate] for name in p.nodes}
+    assert ungated_nodes <= before_gate
 
 
 CONFIG = {

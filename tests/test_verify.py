@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import base64
 import json
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from conftest import NOW, TEST_NOW, iso
 
 from hotrelease.errors import EXIT_OK, EXIT_REFUSED, EXIT_USAGE
-
-NOW = "2026-11-25T00:00:00Z"
 
 
 def verify(cli, release, *extra, trusted=None, now=NOW):
@@ -146,10 +146,11 @@ def test_threshold_counts_distinct_trusted_keys(cli, build_plugin, make_key):
 
 
 def test_expired_manifest_is_refused(cli, build_plugin):
-    release = build_plugin("1.0.0")  # built 2026-11-24 with 90 days' validity
-    result = verify(cli, release, now="2027-03-01T00:00:00Z")
+    release = build_plugin("1.0.0")  # built now with 90 days' validity
+    result = verify(cli, release, now=iso(TEST_NOW + timedelta(days=91)))
     assert result.code == EXIT_REFUSED and "expired" in result.error_line
-    assert verify(cli, release, now="2027-02-21T00:00:00Z").code == EXIT_OK
+    assert verify(cli, release, now=iso(TEST_NOW + timedelta(days=89))).code == EXIT_OK
+    assert verify(cli, release).code == EXIT_OK, "without --now: the real clock"
 
 
 def test_bundle_with_extra_member_is_refused(cli, build_plugin, tmp_path):

@@ -139,28 +139,57 @@ def plan_cmd(
         why = decision.reasons[-1].message
         raise ConfigError(f"cannot plan {decision.name} {decision.version}: {why}")
     notified: list[str] = []
-    if notify and decision.notify and cfg is not None:
-        from hotrelease.notify import notify_urgent
+    if notify and decision.notify:
+        from hotrelease.notify import nobody_to_notify, notify_urgent
 
-        notified = notify_urgent(decision, cfg.notify)
+        nobody = nobody_to_notify(cfg.notify if cfg is not None else None,
+                                  cfg.path if cfg is not None else "no hotrelease.toml")
+        if nobody is not None:
+            info(f"warning: {nobody}")
+        else:
+            notified = notify_urgent(decision, cfg.notify)
     _write_dotenv(decision, dotenv)
-    if json_out:
-        emit_json({**decision.to_dict(), "notified": notified})
-        return
+    stage_plan = _stage_plan(cfg, decision)
     data = decision.to_dict()
+    if stage_plan is not None:
+        # The stage plan of the configured fleet decides which stages wait for an approval.
+        data["approval_stages"] = [p.name for p in stage_plan if p.needs_approval]
+        data["stage_plan"] = [{"stage": p.name, "nodes": list(p.nodes),
+                               "needs_approval": p.needs_approval,
+                               "bake_seconds": p.bake_seconds,
+                               "failure_threshold": p.failure_threshold} for p in stage_plan]
+    if json_out:
+        emit_json({**data, "notified": notified})
+        return
     typer.echo(f"plan for {decision.name} {decision.version}")
     typer.echo(f"class:       {decision.release_class} (bump {decision.bump})")
     typer.echo(f"baseline:    {_baseline_text(decision)}")
     typer.echo(f"lane:        {decision.lane}" + (" (break-glass)" if decision.break_glass
                                                    else ""))
     typer.echo(f"not before:  {data['not_before'] or '-'}")
-    typer.echo(f"stages:      {', '.join(decision.stages)}"
+    stages = (", ".join(f"{p.name} ({', '.join(p.nodes) or 'no node'})" for p in stage_plan)
+              if stage_plan is not None else ", ".join(decision.stages))
+    typer.echo(f"stages:      {stages}"
                + (" (canary only: prerelease)" if decision.canary_only else ""))
-    typer.echo(f"approval:    {', '.join(decision.approval_stages) or 'none required'}")
+    typer.echo(f"approval:    {', '.join(data['approval_stages']) or 'none required'}")
     typer.echo(f"plan digest: {decision.plan_digest}")
     for line in notified:
         typer.echo(f"notified:    {line}")
+    if notify and decision.notify and not notified:
+        typer.echo("notified:    nobody (no [notify] webhook or command)")
     _echo_rules(decision)
+
+
+def _stage_plan(cfg: Any | None, decision: Any) -> list[Any] | None:
+    """Which nodes each stage reaches and which stages need an approval, when the config
+    names the fleet (the same plan `publish` and the GitLab child pipeline use)."""
+    inventory = getattr(cfg, "inventory", None)
+    if inventory is None or not inventory.nodes or decision.lane == "none":
+        return None
+    from hotrelease.rollout import release_plan
+
+    return release_plan(f"{decision.name}@{decision.version}", inventory, decision.lane,
+                        gated=decision.approval_stages, canary_only=decision.canary_only)
 
 
 def windows_cmd(

@@ -39,6 +39,10 @@ def init_cmd(
     bake_seconds: int = typer.Option(60, "--bake-seconds", min=0,
                                      help="How long the canary must stay healthy (scheduled "
                                           "lane; the urgent lane uses half)."),
+    security_key: Path | None = typer.Option(
+        None, "--security-key", metavar="PUB", dir_okay=False, exists=True,
+        help="The security team's public key: agents trust labels it signs. Default: keep "
+             "keys/security.pub, else make a pair (.hotrelease/security.key for the team)."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing files (keys and "
                                                       "the agent token are always kept)."),
     json_out: bool = JSON_OPTION,
@@ -51,14 +55,16 @@ def init_cmd(
     opts = InitOptions(directory=directory, kind="go" if go else "python", name=name,
                        nodes=[parse_node(n) for n in node], window=window or DEFAULT_WINDOW,
                        bake_seconds=bake_seconds, urgent_bake_seconds=bake_seconds // 2,
-                       force=force)
+                       force=force, security_key=security_key)
     result = init_project(opts)
     rel = [str(p.relative_to(directory)) for p in result.written]
     if json_out:
         emit_json({"directory": str(directory), "name": result.name, "written": rel,
                    "kept": [str(p.relative_to(directory)) for p in result.kept],
                    "updated": [str(p.relative_to(directory)) for p in result.updated],
-                   "keyid": result.keyid,
+                   "keyid": result.keyid, "security_keyid": result.security_keyid,
+                   "security_signing_key": str(result.security_signing_key)
+                   if result.security_signing_key else None,
                    "signing_key": str(result.signing_key) if result.signing_key else None,
                    "agent_token": str(result.agent_token) if result.agent_token else None})
         return
@@ -69,7 +75,8 @@ def init_cmd(
         typer.echo(f"  added hotrelease entries to {updated.relative_to(directory)}")
     for kept in result.kept:
         typer.echo(f"  kept  {kept.relative_to(directory)}")
-    typer.echo(f"release key id: {result.keyid[:16]}")
+    typer.echo(f"release key id: {result.keyid[:16]}; security key id: "
+               f"{result.security_keyid[:16]}")
     typer.echo("next:")
     typer.echo("  1. commit everything (the private files under .hotrelease/ are git-ignored)")
     if result.signing_key is not None:
@@ -80,6 +87,9 @@ def init_cmd(
         typer.echo("       HOTRELEASE_SIGNING_KEY = base64 of your existing release key")
     typer.echo(f"       HOTRELEASE_AGENT_TOKEN = output of: cat {result.agent_token}")
     typer.echo("     then move both files somewhere safe and delete them here")
+    if result.security_signing_key is not None:
+        typer.echo(f"     hand {result.security_signing_key} to the security team (they sign "
+                   "labels with it: `hotrelease label security --key ...`) and delete it here")
     typer.echo("  3. on each node: copy deploy/ to /etc/hotrelease/, install "
                "deploy/hotrelease-agent.service")
     typer.echo("  4. protect tags v* and the environment 'production'; push tag v0.1.0")

@@ -141,14 +141,18 @@ def config_check(
                                          help="Config file (default: find it)."),
     json_out: bool = JSON_OPTION,
 ) -> None:
-    """Validate a config file: unknown keys, types, required keys."""
-    from hotrelease.config import load_config
+    """Validate a config file: unknown keys, types, required keys; warn about settings that
+    are valid but probably not meant."""
+    from hotrelease.config import config_warnings, load_config
 
     cfg = load_config(config)
+    warnings = config_warnings(cfg)
     if json_out:
-        emit_json({"config": str(cfg.path), "plugin": cfg.plugin.name})
+        emit_json({"config": str(cfg.path), "plugin": cfg.plugin.name, "warnings": warnings})
     else:
         typer.echo(f"{cfg.path}: OK (plugin {cfg.plugin.name}, kind {cfg.plugin.kind})")
+    for warning in warnings:
+        info(f"warning: {warning}")
 
 
 def register(app: typer.Typer) -> None:
