@@ -71,6 +71,8 @@ def _http(method: str, url: str, timeout: float) -> tuple[int, bytes]:
             resp = conn.getresponse()
             result["status"] = resp.status
             result["body"] = resp.read(MAX_BODY)
+        except TimeoutError:  # the socket's own timeout: the same verdict as the deadline
+            result["timed_out"] = True
         except Exception as exc:  # noqa: BLE001 - any failure is a failed probe
             result["error"] = f"{type(exc).__name__}: {exc}"
         finally:
@@ -79,7 +81,7 @@ def _http(method: str, url: str, timeout: float) -> tuple[int, bytes]:
     worker = threading.Thread(target=run, daemon=True)
     worker.start()
     worker.join(timeout)
-    if worker.is_alive() or not result:
+    if worker.is_alive() or not result or "timed_out" in result:
         raise TimeoutError(f"{method} {url} did not answer within {timeout:g}s")
     if "error" in result:
         raise OSError(str(result["error"]))
