@@ -256,6 +256,7 @@ class FleetSession:
             for node in plan.nodes:
                 state = states[node]
                 action = ("unreachable" if not state.reachable else
+                          f"agent answered with an error: {state.error}" if state.error else
                           "already" if state.current == self.manifest.version else
                           f"upload + activate ({state.current or 'nothing'} -> "
                           f"{self.manifest.version})")
@@ -426,10 +427,12 @@ def format_status(result: dict[str, Any]) -> list[str]:
               "REACHABLE")
     lines.append(header)
     for n in result["nodes"]:
+        reachable = ("yes" if n["reachable"] else "NO") + (f": {n['error']}" if n["error"]
+                                                            else "")
         lines.append(f"{n['node']:<16} {n['version'] or '-':<14} {n['previous'] or '-':<14} "
                      f"{n['health'] or '-':<8} "
                      f"{_short_time(n['since']):<21} "
-                     f"{'yes' if n['reachable'] else 'NO: ' + (n['error'] or '')}")
+                     f"{reachable}")
     return lines
 
 

@@ -121,7 +121,8 @@ def read_fleet(clients: dict[str, AgentAPI], plugin: str, names: list[str],
                settings: RolloutSettings,
                sleep: Callable[[float], None] = time.sleep) -> dict[str, NodeState]:
     """What each node runs now, read concurrently; an unreachable node is reported, not
-    raised."""
+    raised. A node whose agent answered with an error (no such slot, a refused token) is
+    reachable, with that error: it said something, so it is no "unreachable" node."""
     def one(name: str) -> NodeState:
         try:
             info = call_with_retries(name, "read state", lambda: clients[name].plugin(plugin),
@@ -131,7 +132,7 @@ def read_fleet(clients: dict[str, AgentAPI], plugin: str, names: list[str],
         except HotreleaseError as exc:
             if exc.code in ("not_found", "unknown_plugin", "plugin_not_found"):
                 return NodeState(name, True)
-            return NodeState(name, False, error=str(exc))
+            return NodeState(name, True, error=str(exc))
         return NodeState(name, True, info.get("current"), info.get("previous"),
                          info.get("state"), _health_of(info), info.get("activated_at"))
 

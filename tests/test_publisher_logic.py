@@ -534,3 +534,34 @@ def test_fake_agent_is_the_agent_api():
     assert wanted == {"plugin", "upload", "activate", "rollback", "history",
                       "post_approval", "post_label"}
     assert all(callable(getattr(FakeAgent, m)) for m in wanted)
+
+
+# --- an answer is not "unreachable" -------------------------------------------------------
+
+
+class _Answers:
+    """A client whose agent answers every state read with one error (or never answers)."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+        self.calls = 0
+
+    def plugin(self, name: str) -> dict:
+        self.calls += 1
+        raise self.error
+
+
+def test_a_node_whose_agent_answered_with_an_error_is_reachable_with_that_error():
+    from hotrelease.agent.client import AgentError
+    from hotrelease.errors import UnreachableError
+    from hotrelease.publish import read_fleet
+    from hotrelease.rollout import RolloutSettings
+
+    refused = _Answers(AgentError("agent http://a: bad token (unauthorized)",
+                                  code="unauthorized", status=401))
+    silent = _Answers(UnreachableError("agent http://b: ConnectionError"))
+    states = read_fleet({"a": refused, "b": silent}, "greeter", ["a", "b"],
+                        RolloutSettings(retries=2, retry_backoff=0), sleep=lambda s: None)
+    assert states["a"].reachable and "unauthorized" in (states["a"].error or "")
+    assert refused.calls == 1, "a refusal is not retried"
+    assert not states["b"].reachable and silent.calls == 3
