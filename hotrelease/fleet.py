@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -110,6 +110,7 @@ class FleetSession:
     decision: Any
     now: datetime
     labels: tuple[Path, ...] = ()
+    started: float = field(default_factory=time.monotonic)
 
     @classmethod
     def open(cls, manifest_path: Path, *, config: Path | None, now: datetime,
@@ -142,7 +143,11 @@ class FleetSession:
                          self.manifest_path.parent / self.manifest.bundle.filename,
                          self.inventory.nodes, make_clients(self.inventory),
                          self.inventory.settings, lane=self.lane, emit=emit,
-                         meta={k: v for k, v in meta.items() if v})
+                         now=self.clock_now, meta={k: v for k, v in meta.items() if v})
+
+    def clock_now(self) -> datetime:
+        """`--now` (or the real time at start) moving on with the real clock."""
+        return self.now + timedelta(seconds=time.monotonic() - self.started)
 
     def check_gate(self, plan_digest: str | None, wait: bool) -> None:
         d = self.decision

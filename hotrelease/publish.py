@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -147,6 +148,7 @@ class Publisher:
                  emit: Callable[[Event], None] = lambda e: None,
                  sleep: Callable[[float], None] = time.sleep,
                  clock: Callable[[], float] = time.monotonic,
+                 now: Callable[[], datetime] = lambda: datetime.now(UTC),
                  meta: dict[str, Any] | None = None) -> None:
         self.manifest = manifest
         self.paths = (manifest_path, signature_path, bundle_path)
@@ -157,7 +159,9 @@ class Publisher:
         self.emit = emit
         self.sleep = sleep
         self.clock = clock
+        self.now = now  # wall clock for approval expiry (the CLI's --now, moving on)
         self.meta = meta or {}
+        self.approval_problem: str | None = None
 
     # --- reading the fleet ------------------------------------------------------------------
     def _call(self, node: str, what: str, fn: Callable[[], Any]) -> Any:
@@ -194,7 +198,13 @@ class Publisher:
 
     # --- approvals ------------------------------------------------------------------------
     def find_approval(self, plan: StagePlan) -> dict[str, Any] | None:
-        """The fleet is the ledger: an approval recorded on any node of the stage counts."""
+        """The fleet is the ledger: an approval recorded on any node of the stage counts, if
+        it is for this build and stage, names every node of the stage and has not expired
+        (checked here too, not only by agents that hold approver keys). Why the last
+        candidate did not count is kept in `approval_problem` for the message."""
+        from hotrelease.approvals import Approval, check_approval
+
+        self.approval_problem: str | None = None
         digest = self.manifest.bundle.sha256
         for name in plan.nodes:
             try:
@@ -203,11 +213,21 @@ class Publisher:
                 continue
             for record in reversed(records):
                 approval = record.get("approval") if isinstance(record, dict) else None
-                if (record.get("action") == "approval" and isinstance(approval, dict)
+                if not (record.get("action") == "approval" and isinstance(approval, dict)
                         and approval.get("stage") == plan.name
                         and approval.get("bundle_sha256") == digest
                         and approval.get("version") == self.manifest.version):
-                    return {"approval": approval, "envelope": record.get("envelope")}
+                    continue
+                try:
+                    parsed = Approval.from_dict(approval)
+                    for node in plan.nodes:
+                        check_approval(parsed, name=self.manifest.name,
+                                       version=self.manifest.version, bundle_sha256=digest,
+                                       stage=plan.name, now=self.now(), node=node)
+                except HotreleaseError as exc:
+                    self.approval_problem = str(exc)
+                    continue
+                return {"approval": approval, "envelope": record.get("envelope")}
         return None
 
     # --- driving a stage ------------------------------------------------------------------
@@ -354,8 +374,10 @@ class Publisher:
                 approval = self.find_approval(plan)
                 if approval is None:
                     report.next_stage = plan.name
+                    why = (f" (the one found does not count: {self.approval_problem})"
+                           if self.approval_problem else "")
                     raise NotNowError(f"stage {plan.name!r} of {self.manifest.release_id} needs "
-                                      "an approval for this bundle digest: "
+                                      f"an approval for this bundle digest{why}: "
                                       f"`hotrelease approve MANIFEST --stage {plan.name}`",
                                       code="approval_required")
             outcomes = self.run_stage(plan, states, approval)

@@ -479,3 +479,25 @@ def test_a_security_label_an_agent_refuses_fails_the_publish_and_changes_nothing
     assert "node-0" in result.error_line and "security_keys" in result.error_line
     assert f.versions() == before == {n: "1.0.0" for n in f.by_name}
     assert not log.exists(), "ops are not paged for a rollout that did not start"
+
+
+def test_an_approval_that_expired_since_it_was_recorded_does_not_open_a_stage(fleet,
+                                                                             build_plugin):
+    from datetime import UTC, datetime
+
+    f = fleet(3)
+    release = build_plugin("1.0.0")
+    assert f.run("publish", release.manifest).code == EXIT_OK  # the canary
+    now = datetime.now(UTC).replace(microsecond=0)
+    # Valid for ten more minutes: every agent records it.
+    approved = f.run("approve", release.manifest, "--stage", "wave-1", "--by", "alice",
+                     "--valid-hours", "1", now=iso(now - timedelta(minutes=50)))
+    assert approved.code == EXIT_OK, approved.stderr
+    before = f.versions()
+    late = f.run("publish", release.manifest, "--stage", "wave-1",
+                 now=iso(now + timedelta(hours=2)))
+    assert late.code == EXIT_NOT_NOW, late.stderr
+    assert "expired at" in late.not_now_line and "needs an approval" in late.not_now_line
+    assert f.versions() == before, "an expired approval opens nothing"
+    in_time = f.run("publish", release.manifest, "--stage", "wave-1", now=iso(now))
+    assert in_time.code == EXIT_OK, in_time.stderr

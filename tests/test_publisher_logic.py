@@ -418,15 +418,13 @@ def test_approval_for_a_rebuild_of_the_same_version_does_not_open_it(fleet, new,
     assert_nothing_changed(fleet, before)
 
 
-@pytest.mark.xfail(strict=True, reason="Publisher.find_approval never looks at the "
-                   "approval's `expires`: an approval past its --valid-hours still opens "
-                   "the stage on agents without approver keys")
 def test_expired_approval_does_not_open_the_stage(fleet, new, gated):
     fleet.approve(new, "wave-1", gated, valid=timedelta(hours=1))
     fleet.clock.advance(2 * 3600)
     before = fleet.versions()
-    with pytest.raises(NotNowError):
+    with pytest.raises(NotNowError) as err:
         fleet.publisher(new).publish(gated, stage="wave-1")
+    assert err.value.code == "approval_required" and "expired at" in str(err.value)
     assert_nothing_changed(fleet, before)
 
 
