@@ -149,6 +149,7 @@ class Publisher:
                  sleep: Callable[[float], None] = time.sleep,
                  clock: Callable[[], float] = time.monotonic,
                  now: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 wall: Callable[[], datetime] = lambda: datetime.now(UTC),
                  meta: dict[str, Any] | None = None) -> None:
         self.manifest = manifest
         self.paths = (manifest_path, signature_path, bundle_path)
@@ -160,6 +161,7 @@ class Publisher:
         self.sleep = sleep
         self.clock = clock
         self.now = now  # wall clock for approval expiry (the CLI's --now, moving on)
+        self.wall = wall  # the real time, to read the agents' activation times against
         self.meta = meta or {}
         self.approval_problem: str | None = None
 
@@ -294,13 +296,33 @@ class Publisher:
                 outcomes[outcome.node] = report(outcome)
         return [outcomes[name] for name in plan.nodes]
 
-    def bake(self, plan: StagePlan, nodes: list[str]) -> list[NodeOutcome]:
-        """Watch the stage's nodes for the bake time; any failure aborts, and a health that
-        is neither pass nor fail at the end pauses for a human."""
-        deadline = self.clock() + plan.bake_seconds
-        if plan.bake_seconds:
+    def bake_remaining(self, plan: StagePlan, states: dict[str, NodeState]) -> float:
+        """What is left of a stage's bake, measured from the agents' own activation times,
+        so whichever job resumes a rollout waits out the bake a killed one started."""
+        times = []
+        for name in plan.nodes:
+            state = states[name]
+            if state.reachable and state.current == self.manifest.version and state.since:
+                try:
+                    times.append(datetime.fromisoformat(state.since.replace("Z", "+00:00")))
+                except ValueError:
+                    return plan.bake_seconds  # unreadable: bake in full
+        if not plan.bake_seconds or not times:
+            return plan.bake_seconds
+        elapsed = (self.wall() - max(times)).total_seconds()
+        return min(plan.bake_seconds, max(plan.bake_seconds - elapsed, 0.0))
+
+    def bake(self, plan: StagePlan, nodes: list[str],
+             seconds: float | None = None) -> list[NodeOutcome]:
+        """Watch the stage's nodes for the bake time (`seconds`: what is left of it); any
+        failure aborts, and a health that is neither pass nor fail at the end pauses for a
+        human."""
+        seconds = plan.bake_seconds if seconds is None else seconds
+        deadline = self.clock() + seconds
+        if seconds:
             self.emit(Event("bake", plan.name, message=f"stage {plan.name}: baking "
-                            f"{plan.bake_seconds:g}s"))
+                            f"{seconds:g}s" + ("" if seconds == plan.bake_seconds else
+                                               f" (the rest of {plan.bake_seconds:g}s)")))
         if not nodes:
             return []
         while True:
@@ -368,6 +390,15 @@ class Publisher:
                                       f"before {stage!r}")
                 continue
             if done and stage is None:
+                # Done by an earlier (maybe killed) run: finish its bake before going on.
+                rest = self.bake_remaining(plan, states)
+                if rest > 0:
+                    on_release = [n for n in plan.nodes if states[n].reachable
+                                  and states[n].current == self.manifest.version]
+                    baked = self.bake(plan, on_release, rest)
+                    if baked:
+                        self.abort(plan, report, baked, plans[:index + 1])
+                    states.update(self.snapshot(plan.nodes))
                 continue
             approval = None
             if plan.needs_approval:

@@ -653,6 +653,7 @@ class FakeFleet:
         return Publisher(release.manifest, *release.paths, self.nodes, dict(self.agents),
                          settings or self.settings, lane=lane, emit=self.events.append,
                          sleep=self.clock.sleep, clock=self.clock, now=self.clock.wall,
+                         wall=self.clock.wall,
                          meta={"pipeline_url": "https://ci.example/pipelines/1"})
 
     # --- observing --------------------------------------------------------------------------

@@ -501,3 +501,33 @@ def test_an_approval_that_expired_since_it_was_recorded_does_not_open_a_stage(fl
     assert f.versions() == before, "an expired approval opens nothing"
     in_time = f.run("publish", release.manifest, "--stage", "wave-1", now=iso(now))
     assert in_time.code == EXIT_OK, in_time.stderr
+
+
+def test_a_rerun_right_after_a_killed_publish_waits_out_the_canary_bake(fleet, build_plugin):
+    from datetime import datetime
+
+    bake = 4.0
+    f = fleet(3, NO_APPROVAL.replace("bake_seconds = 0.3", f"bake_seconds = {bake}"))
+    release = build_plugin("1.0.0")
+    plan = dry_plan(f, release.manifest)
+    canary = plan["canary"][0]
+    proc = subprocess.Popen([sys.executable, "-m", "hotrelease", "publish", release.manifest,
+                             "--all-stages", "--now", NOW], cwd=f.repo.path,
+                            env={**os.environ, **f.env}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_until(lambda: f.versions()[canary] == "1.0.0", 60, "the canary to activate")
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=10)
+    result = f.run("publish", release.manifest, "--all-stages")
+    assert result.code == EXIT_OK, result.stderr
+    assert set(f.versions().values()) == {"1.0.0"}
+
+    def activated(node: str) -> datetime:
+        with f.by_name[node].client() as client:
+            since = client.plugin("greeter")["activated_at"]
+        return datetime.fromisoformat(since.replace("Z", "+00:00"))
+
+    gap = (activated(plan["wave-1"][0]) - activated(canary)).total_seconds()
+    assert gap >= bake, f"wave-1 started {gap:.2f}s after the canary; the bake is {bake}s"

@@ -563,3 +563,32 @@ def test_a_node_whose_agent_answered_with_an_error_is_reachable_with_that_error(
     assert states["a"].reachable and "unauthorized" in (states["a"].error or "")
     assert refused.calls == 1, "a refusal is not retried"
     assert not states["b"].reachable and silent.calls == 3
+
+
+# --- a resumed rollout waits out the rest of a bake ---------------------------------------
+
+
+def test_a_resumed_run_waits_out_the_rest_of_the_bake_the_killed_run_started(fleet, base,
+                                                                           new):
+    plans = fleet.plans(new, specs())
+    fleet.install(new, plans[0].nodes)  # the killed run activated the canary ...
+    fleet.clock.advance(CANARY_BAKE / 4)  # ... and was killed a quarter into its bake
+    fleet.forget_calls()
+    before = len(fleet.clock.sleeps)
+    start = fleet.clock()
+
+    fleet.publisher(new).publish(plans, all_stages=True)
+
+    assert {n for n, m in fleet.calls("activate")} == set(plans[1].nodes) | set(plans[2].nodes)
+    waited = sum(fleet.clock.sleeps[before:]) - WAVE_BAKE
+    assert waited == pytest.approx(CANARY_BAKE * 3 / 4), "the rest of the canary bake"
+    assert fleet.clock() - start >= CANARY_BAKE * 3 / 4 + WAVE_BAKE
+
+
+def test_a_resumed_run_after_the_bake_is_over_goes_on_at_once(fleet, base, new):
+    plans = fleet.plans(new, specs())
+    fleet.install(new, plans[0].nodes)
+    fleet.clock.advance(CANARY_BAKE * 2)
+    before = len(fleet.clock.sleeps)
+    fleet.publisher(new).publish(plans, all_stages=True)
+    assert sum(fleet.clock.sleeps[before:]) == pytest.approx(WAVE_BAKE)
