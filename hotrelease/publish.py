@@ -55,6 +55,7 @@ class NodeState:
     health: str | None = None  # "pass" | "fail" | None (unknown)
     since: str | None = None
     error: str | None = None
+    busy: dict[str, Any] | None = None  # an activation or rollback under way on the agent
 
 
 @dataclass
@@ -134,8 +135,10 @@ def read_fleet(clients: dict[str, AgentAPI], plugin: str, names: list[str],
             if exc.code in ("not_found", "unknown_plugin", "plugin_not_found"):
                 return NodeState(name, True)
             return NodeState(name, True, error=str(exc))
+        busy = info.get("in_progress")
         return NodeState(name, True, info.get("current"), info.get("previous"),
-                         info.get("state"), _health_of(info), info.get("activated_at"))
+                         info.get("state"), _health_of(info), info.get("activated_at"),
+                         busy=busy if isinstance(busy, dict) else None)
 
     with ThreadPoolExecutor(max_workers=max(1, min(settings.concurrency, len(names)))) as pool:
         return {s.node: s for s in pool.map(one, names)}
@@ -174,6 +177,21 @@ class Publisher:
                           list(names if names is not None else self.nodes),
                           self.settings, self.sleep)
 
+    def settle(self, name: str) -> NodeState:
+        """The node's state once no activation or rollback is under way on it (one an
+        earlier, killed run asked for): a busy node is not a failed node. Bounded by the
+        health timeout; still busy then, it is reported busy."""
+        deadline = self.clock() + self.settings.health_timeout
+        while True:
+            state = self.snapshot([name])[name]
+            if state.busy is None or self.clock() >= deadline:
+                return state
+            self.emit(Event("wait", node=name, message=f"{name}: waiting for the "
+                            f"{state.busy.get('action', 'activation')} of "
+                            f"{state.busy.get('version') or 'its previous version'} "
+                            "under way"))
+            self.sleep(self.settings.poll_interval)
+
     def check_not_superseding(self, states: dict[str, NodeState]) -> None:
         """Refuse to start while another release is half rolled out: otherwise an abort of
         ours could leave nodes on a third version."""
@@ -206,7 +224,7 @@ class Publisher:
         candidate did not count is kept in `approval_problem` for the message."""
         from hotrelease.approvals import Approval, check_approval
 
-        self.approval_problem: str | None = None
+        self.approval_problem = None
         digest = self.manifest.bundle.sha256
         for name in plan.nodes:
             try:
@@ -245,7 +263,8 @@ class Publisher:
         return None
 
     def _activate_node(self, name: str, plan: StagePlan, state: NodeState,
-                       approval: dict[str, Any] | None) -> NodeOutcome:
+                       approval: dict[str, Any] | None, *, waited: bool = False
+                       ) -> NodeOutcome:
         version = self.manifest.version
         try:
             result = self._call(name, "activate", lambda: self.clients[name].activate(
@@ -255,7 +274,17 @@ class Publisher:
         except UnreachableError as exc:
             return NodeOutcome(name, plan.name, "unreachable", state.current, str(exc))
         except HotreleaseError as exc:
-            return NodeOutcome(name, plan.name, "failed", state.current, str(exc))
+            if exc.code != "activation_in_progress" or waited:
+                return NodeOutcome(name, plan.name, "failed", state.current, str(exc))
+            settled = self.settle(name)
+            if settled.busy is not None:
+                return NodeOutcome(name, plan.name, "failed", settled.current,
+                                   f"still busy after {self.settings.health_timeout:g}s: "
+                                   f"{exc}")
+            if settled.current == version and settled.health != "fail":
+                return NodeOutcome(name, plan.name, "activated", version,
+                                   "finished the activation an earlier run started")
+            return self._activate_node(name, plan, settled, approval, waited=True)
         status = result.get("result")
         if status in ("rolled_back", "failed"):
             return NodeOutcome(name, plan.name, status, result.get("current"),
@@ -344,11 +373,23 @@ class Publisher:
         return bad
 
     def revert(self, changed: list[str], reason: str) -> list[NodeOutcome]:
+        def rollback(name: str) -> Any:
+            return self._call(name, "rollback", lambda: self.clients[name].rollback(
+                self.manifest.name, None, reason=reason,
+                pipeline_url=self.meta.get("pipeline_url")))
+
         def one(name: str) -> NodeOutcome:
             try:
-                result = self._call(name, "rollback", lambda: self.clients[name].rollback(
-                    self.manifest.name, None, reason=reason,
-                    pipeline_url=self.meta.get("pipeline_url")))
+                try:
+                    result = rollback(name)
+                except HotreleaseError as exc:
+                    if exc.code != "activation_in_progress":
+                        raise
+                    settled = self.settle(name)
+                    if settled.current != self.manifest.version:
+                        return NodeOutcome(name, "abort", "reverted", settled.current,
+                                           "its own agent went back")
+                    result = rollback(name)
             except HotreleaseError as exc:
                 return NodeOutcome(name, "abort", "failed", None, f"rollback failed: {exc}")
             return NodeOutcome(name, "abort", "reverted", result.get("current"))
@@ -356,21 +397,32 @@ class Publisher:
         with ThreadPoolExecutor(max_workers=self.settings.concurrency) as pool:
             return list(pool.map(one, changed))
 
-    def abort(self, plan: StagePlan, report: PublishReport, failures: list[NodeOutcome],
-              plans: list[StagePlan]) -> None:
+    def abort(self, plan: StagePlan, report: PublishReport,
+              failures: list[NodeOutcome]) -> None:
+        """Roll back every node of the fleet that runs the aborted release, whichever run
+        moved it and in whatever stage, once activations under way there have settled; the
+        report says what the agents say afterwards."""
         reason = f"stage {plan.name} failed on {', '.join(f.node for f in failures)}"
         self.emit(Event("abort", plan.name, message=f"ABORT: {reason}; rolling back"))
-        scope = [n for p in plans for n in p.nodes]
+        scope = list(self.nodes)
         states = self.snapshot(scope)
+        states.update({n: self.settle(n) for n in scope if states[n].busy is not None})
         changed = [n for n in scope if states[n].reachable
                    and states[n].current == self.manifest.version]
-        report.outcomes.extend(self.revert(changed, reason))
+        reverts = self.revert(changed, reason)
+        report.outcomes.extend(reverts)
+        after = self.snapshot(changed)
+        still = [n for n in changed if not after[n].reachable
+                 or after[n].current == self.manifest.version]
         by_agent = [f.node for f in failures if f.result == "rolled_back"]
         lines = "; ".join(f"{o.node}: {o.result}" + (f" ({o.detail})" if o.detail else "")
                           for o in report.outcomes if o.result not in ("already", "activated"))
-        raise AbortedError(f"{self.manifest.release_id}: {reason}; reverted {len(changed)} "
-                           f"node(s)" + (f", {len(by_agent)} rolled back by their agent"
-                                         if by_agent else "") + f". {lines}")
+        raise AbortedError(f"{self.manifest.release_id}: {reason}; reverted "
+                           f"{len(changed) - len(still)} node(s)"
+                           + (f", {len(by_agent)} rolled back by their agent"
+                              if by_agent else "")
+                           + (f"; STILL ON {self.manifest.version}: {', '.join(still)}"
+                              if still else "") + f". {lines}")
 
     # --- the whole thing ------------------------------------------------------------------
     def publish(self, plans: list[StagePlan], *, stage: str | None = None,
@@ -397,7 +449,7 @@ class Publisher:
                                   and states[n].current == self.manifest.version]
                     baked = self.bake(plan, on_release, rest)
                     if baked:
-                        self.abort(plan, report, baked, plans[:index + 1])
+                        self.abort(plan, report, baked)
                     states.update(self.snapshot(plan.nodes))
                 continue
             approval = None
@@ -418,12 +470,12 @@ class Publisher:
                                                             "rolled_back")]
             if any(o.result == "rolled_back" for o in failures) or \
                     len(failures) > plan.failure_threshold:
-                self.abort(plan, report, failures, plans[:index + 1])
+                self.abort(plan, report, failures)
             healthy = [o.node for o in outcomes if o.result in ("activated", "already")]
             baked = self.bake(plan, healthy)
             if any(b.result == "failed" for b in baked) or \
                     len(baked) + len(failures) > plan.failure_threshold:
-                self.abort(plan, report, failures + baked, plans[:index + 1])
+                self.abort(plan, report, failures + baked)
             self.emit(Event("stage-done", plan.name, message=f"stage {plan.name}: done"))
             states.update(self.snapshot(plan.nodes))
             if stage is not None or not all_stages:

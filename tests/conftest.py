@@ -486,14 +486,16 @@ def raw_upload(agent: AgentProcess, name: str, version: str, manifest: Path | by
 
 
 def hosted_agent(make_agent, *, health: str | None = None, reload: str = "url",
-                 security_keys=()):
-    """An agent whose greeter slot reloads the pyhost and checks its /health URL."""
+                 security_keys=(), min_healthy: float = 0.2):
+    """An agent whose greeter slot reloads the pyhost and checks its /health URL (healthy
+    for `min_healthy` seconds before an activation counts)."""
     agent = make_agent(start=False, security_keys=list(security_keys))
     host = make_agent.host_for(agent)
     reload_line = (f'reload = {{ url = "{host.url}/admin/reload", timeout = 5 }}'
                    if reload == "url" else f'reload = {{ pid_file = "{host.pid_file}" }}')
     health_line = health or (f'health = {{ url = "{host.url}/health", interval = 0.05, '
-                             "min_healthy_seconds = 0.2, retries = 40, timeout = 2 }")
+                             f"min_healthy_seconds = {min_healthy}, retries = 40, "
+                             "timeout = 2 }")
     text = agent.config.read_text().replace("[plugins.greeter]\n",
                                             f"[plugins.greeter]\n{reload_line}\n{health_line}\n")
     agent.config.write_text(text)

@@ -301,8 +301,9 @@ class FakeAgent:
                     f"approval: {exc}")
                 raise self._refused(name, record, error) from None
             verified = self.require_signed_approvals  # (taken on trust: no crypto here)
-            # As service.Agent.add_approval records it: the envelope is not kept.
+            # As service.Agent.add_approval records it, envelope included.
             self._append(name, {**record, "result": "recorded", "approval": approval,
+                                "envelope": copy.deepcopy(envelope),
                                 "signed": envelope is not None, "verified": verified})
             return {"status": "recorded", "name": name, "stage": parsed.stage,
                     "verified": verified}

@@ -104,10 +104,11 @@ def fleet(make_agent, plugin_repo, make_key, cli):
     make_key("security")
 
     def make(n: int, rollout: str = FAST, extra: str = ALWAYS_OPEN, *,
-             untrusting: int = 0) -> Fleet:
+             untrusting: int = 0, min_healthy: float = 0.2) -> Fleet:
         """`untrusting`: how many of the agents do not trust the security team's key."""
         trusted = [plugin_repo.path.parent / "keys" / "security.pub"]
-        agents = [hosted_agent(make_agent, security_keys=[] if i < untrusting else trusted)
+        agents = [hosted_agent(make_agent, security_keys=[] if i < untrusting else trusted,
+                               min_healthy=min_healthy)
                   for i in range(n)]
         f = Fleet(plugin_repo, agents, cli)
         f.configure(rollout, extra)
@@ -531,3 +532,68 @@ def test_a_rerun_right_after_a_killed_publish_waits_out_the_canary_bake(fleet, b
 
     gap = (activated(plan["wave-1"][0]) - activated(canary)).total_seconds()
     assert gap >= bake, f"wave-1 started {gap:.2f}s after the canary; the bake is {bake}s"
+
+
+def test_a_node_still_finishing_an_activation_is_waited_for_not_failed(fleet, build_plugin):
+    """A retry right after a killed job meets the activation that job asked for: the agent
+    says so in its state, and the publisher waits for it and judges its result."""
+    import threading
+
+    f = fleet(2, NO_APPROVAL, min_healthy=3.0)
+    release = build_plugin("1.0.0")
+    canary = dry_plan(f, release.manifest)["canary"][0]
+    agent = f.by_name[canary]
+    with agent.client() as client:
+        client.upload(release.manifest, release.signature, release.bundle)
+    answers: list[dict] = []
+
+    def killed_runs_activation() -> None:
+        with agent.client() as client:
+            answers.append(client.activate("greeter", "1.0.0", stage="canary"))
+
+    thread = threading.Thread(target=killed_runs_activation)
+    thread.start()
+    try:
+        def busy():
+            with agent.client() as client:
+                return client.plugin("greeter").get("in_progress")
+        progress = wait_until(busy, 20, "the activation to be under way")
+        assert progress["version"] == "1.0.0" and progress["action"] == "activate"
+        result = f.run("publish", release.manifest, "--all-stages", "--json")
+    finally:
+        thread.join(timeout=60)
+    assert result.code == EXIT_OK, result.stderr
+    outcomes = {n["node"]: n for n in json.loads(result.stdout)["nodes"]}
+    assert outcomes[canary]["result"] == "activated"
+    assert "earlier run" in outcomes[canary]["detail"]
+    assert answers and answers[0]["result"] == "activated"
+    assert set(f.versions().values()) == {"1.0.0"}
+    activations = [r for r in agent.history()
+                   if r.get("action") == "activate" and r.get("result") == "activated"]
+    assert len(activations) == 1, "activated exactly once"
+    with agent.client() as client:
+        assert client.plugin("greeter")["in_progress"] is None
+
+
+def test_an_abort_reverts_every_node_on_the_release_whichever_run_moved_it(fleet,
+                                                                         build_plugin):
+    f = fleet(3, NO_APPROVAL)
+    base = build_plugin("1.0.0")
+    assert f.run("publish", base.manifest, "--all-stages").code == EXIT_OK
+    f.repo.tag("v1.0.0")
+    release = build_plugin("1.1.0")
+    plan = dry_plan(f, release.manifest)
+    canary, wave = plan["canary"][0], plan["wave-1"][0]
+    # An earlier, killed run had moved the canary and the wave-1 node ...
+    for node in (canary, wave):
+        with f.by_name[node].client() as client:
+            client.upload(release.manifest, release.signature, release.bundle)
+            assert client.activate("greeter", "1.1.0")["result"] == "activated"
+    # ... and now the canary's agent is gone: its stage fails again and the rollout aborts.
+    f.by_name[canary].stop()
+    result = f.run("publish", release.manifest, "--stage", "canary")
+    assert result.code == EXIT_ABORTED, result.stderr
+    assert "reverted 1 node(s)" in result.error_line and "STILL ON" not in result.error_line
+    with f.by_name[wave].client() as client:
+        assert client.plugin("greeter")["current"] == "1.0.0", "the wave-1 node went back"
+    assert f.by_name[wave].host.health()["version"] == "1.0.0"

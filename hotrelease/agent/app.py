@@ -302,7 +302,8 @@ def _plugin_view(agent: Agent, name: str) -> dict[str, Any]:
     floor, advisory = agent.security_floor(name)
     return {**state, "name": name, "stored": agent.store.stored_versions(name),
             "security_floor": floor, "security_floor_advisory": advisory,
-            "current_link": agent.store.read_current(name)}
+            "current_link": agent.store.read_current(name),
+            "in_progress": agent.in_progress(name)}
 
 
 async def _drain(request: Request, limit: int) -> None:

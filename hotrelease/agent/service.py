@@ -107,6 +107,9 @@ class Agent:
         self.store = Store(config.data_dir)
         self.clock = clock or (lambda: datetime.now(UTC))
         self._switch_locks = {name: threading.Lock() for name in config.plugins}
+        # What an activation or rollback under way is doing, for the plugin state: a caller
+        # that finds the slot busy waits for it and judges its outcome instead of failing.
+        self._in_progress: dict[str, dict[str, Any]] = {}
         self._ingest_lock = threading.Lock()
 
     # --- helpers ----------------------------------------------------------------------------
@@ -294,9 +297,17 @@ class Agent:
             raise self.refuse(name, record, Conflict(
                 f"another activation of {name} is in progress", code="activation_in_progress"))
         try:
+            self._in_progress[name] = {"action": action, "version": version,
+                                       "since": utcnow(), "release_id": meta.release_id}
             return self._activate_locked(pcfg, version, record, rollback=rollback)
         finally:
+            self._in_progress.pop(name, None)
             lock.release()
+
+    def in_progress(self, name: str) -> dict[str, Any] | None:
+        """The activation or rollback of `name` under way (target version, since), if any."""
+        busy = self._in_progress.get(name)
+        return dict(busy) if busy is not None else None
 
     def _activate_locked(self, pcfg: PluginConfig, version: str | None,
                          record: dict[str, Any], *, rollback: bool) -> dict[str, Any]:
@@ -543,7 +554,10 @@ class Agent:
             error = exc if isinstance(exc, VerificationError) else ManifestFormatError(
                 f"approval: {exc}")
             raise self.refuse(name, record, error) from None
+        # The envelope is kept with it: a publisher that finds this approval on the fleet
+        # hands both on to agents that require signed approvals.
         self.store.append_history(name, {**record, "result": "recorded", "approval": approval,
+                                         "envelope": envelope,
                                          "signed": envelope is not None,
                                          "verified": verified})
         return {"status": "recorded", "name": name, "stage": parsed.stage,
