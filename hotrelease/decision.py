@@ -111,9 +111,11 @@ def stages_for(stages: Stages, lane: str) -> list[str]:
 def decide(c: Classification, *, name: str, bundle_sha256: str | None, baseline_source: str,
            schedule: Schedule, policy: Policy, now: datetime,
            stages: Stages = DEFAULT_STAGES,
-           gated: Mapping[str, Sequence[str]] | None = None) -> ReleaseDecision:
+           gated: Mapping[str, Sequence[str]] | None = None,
+           rollout: Mapping[str, Any] | None = None) -> ReleaseDecision:
     """`gated`: per lane, the stages the rollout config always gates behind an approval;
-    the class (e.g. major) may add every stage after the first."""
+    the class (e.g. major) may add every stage after the first. `rollout`: what the stage
+    plan is computed from (inventory and stage specs), covered by the plan digest."""
     routing = _route(c, schedule, policy, now)
     lane_stages = stages_for(stages, routing.lane)
     planned = lane_stages[:1] if c.canary_only else lane_stages
@@ -135,6 +137,7 @@ def decide(c: Classification, *, name: str, bundle_sha256: str | None, baseline_
         "canary_only": c.canary_only, "needs_approval": c.needs_approval,
         "stages": planned, "approval_stages": approval, "security": security,
         "policy": policy.to_dict(), "schedule": schedule.to_dict(),
+        "rollout": dict(rollout) if rollout is not None else None,
     }
     return ReleaseDecision(
         name=name, version=str(c.candidate), bundle_sha256=bundle_sha256,

@@ -181,7 +181,8 @@ def _rollout_stages(cfg: Any | None, stages: Stages | None) -> dict[str, Any]:
     return {"stages": {lane: [s.name for s in specs]
                        for lane, specs in inventory.stages.items()},
             "gated": {lane: [s.name for s in specs if s.approval]
-                      for lane, specs in inventory.stages.items()}}
+                      for lane, specs in inventory.stages.items()},
+            "rollout": inventory.plan_inputs()}
 
 
 def _fleet_baseline(cfg: Any, name: str, candidate: semver.Version

@@ -10,8 +10,9 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Collection
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from hotrelease.configreader import Table, load_toml
 
@@ -56,6 +57,19 @@ class Inventory:
     nodes: list[Node] = field(default_factory=list)
     stages: dict[str, list[StageSpec]] = field(default_factory=dict)
     settings: RolloutSettings = field(default_factory=RolloutSettings)
+
+    def plan_inputs(self) -> dict[str, Any]:
+        """Everything a stage plan is computed from (the nodes and every stage's members,
+        shares, groups, bakes, thresholds and approvals), for the plan digest: a plan
+        approved for one fleet cannot be published to a changed one."""
+        return {"nodes": [{"name": n.name, "url": n.url, "groups": sorted(n.groups)}
+                          for n in sorted(self.nodes, key=lambda n: n.name)],
+                "stages": {lane: [{**asdict(spec), "groups": list(spec.groups),
+                                   # canonical JSON has no floats
+                                   "bake_seconds": None,
+                                   "bake_ms": round(spec.bake_seconds * 1000)}
+                                  for spec in specs]
+                           for lane, specs in sorted(self.stages.items())}}
 
 
 DEFAULT_STAGES = {

@@ -597,3 +597,28 @@ def test_an_abort_reverts_every_node_on_the_release_whichever_run_moved_it(fleet
     with f.by_name[wave].client() as client:
         assert client.plugin("greeter")["current"] == "1.0.0", "the wave-1 node went back"
     assert f.by_name[wave].host.health()["version"] == "1.0.0"
+
+
+@pytest.mark.parametrize("change", ["a node added", "a share changed", "a bake changed"])
+def test_the_plan_digest_covers_the_plan_itself(fleet, build_plugin, change):
+    f = fleet(3, NO_APPROVAL)
+    release = build_plugin("1.0.0")
+    plan = f.run("plan", "--manifest", release.manifest, "--json")
+    assert plan.code == EXIT_OK, plan.stderr
+    digest = json.loads(plan.stdout)["plan_digest"]
+    config = f.repo.path / "hotrelease.toml"
+    text = config.read_text()
+    if change == "a node added":
+        text += '\n[[nodes]]\nname = "node-late"\nurl = "http://127.0.0.1:9"\n'
+    elif change == "a share changed":
+        text = text.replace("percent = 40", "percent = 25")
+    else:
+        text = text.replace("bake_seconds = 0.3", "bake_seconds = 600")
+    config.write_text(text)
+    f.repo.commit(change)
+    before = f.versions()
+    changed = f.run("publish", release.manifest, "--all-stages", "--plan", digest)
+    assert changed.code == EXIT_REFUSED and "plan changed" in changed.error_line, change
+    assert f.versions() == before
+    again = json.loads(f.run("plan", "--manifest", release.manifest, "--json").stdout)
+    assert again["plan_digest"] != digest

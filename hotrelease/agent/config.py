@@ -13,6 +13,7 @@ from pathlib import Path
 from hotrelease.agent.auth import MIN_TOKEN_LENGTH, TokenEntry, is_token_hash
 from hotrelease.configreader import Table, load_toml
 from hotrelease.errors import ConfigError
+from hotrelease.extract import DEFAULT_LIMITS, NAME_MAX, PATH_HEADROOM, PATH_MAX, ExtractLimits
 from hotrelease.manifest import check_name
 from hotrelease.signing import PublicKey, load_trusted
 
@@ -85,6 +86,20 @@ class AgentConfig:
     approval_keys: dict[str, PublicKey] = field(default_factory=dict)
     approval_threshold: int = 1
     node_name: str | None = None  # matched against the node list of a stage approval
+    extract_limits: ExtractLimits = DEFAULT_LIMITS  # [agent] max_extracted_bytes, ...
+
+
+def _extract_limits(t: Table) -> ExtractLimits:
+    """The agent-side bounds on what a (validly signed) bundle may expand to."""
+    d = DEFAULT_LIMITS
+    return ExtractLimits(
+        max_extracted_bytes=t.int("max_extracted_bytes", d.max_extracted_bytes, min=1),
+        max_members=t.int("max_members", d.max_members, min=1, max=10_000_000),
+        max_path_depth=t.int("max_path_depth", d.max_path_depth, min=1, max=PATH_MAX // 2),
+        max_path_length=t.int("max_path_length", d.max_path_length, min=NAME_MAX,
+                              max=PATH_MAX - 1 - PATH_HEADROOM),
+        max_pax_header_bytes=t.int("max_pax_header_bytes", d.max_pax_header_bytes, min=512,
+                                   max=16 * 1024 * 1024))
 
 
 def _path(base: Path, value: str) -> Path:
@@ -186,6 +201,7 @@ def load_agent_config(path: Path) -> AgentConfig:
     port = agent.int("port", DEFAULT_PORT, min=0, max=65535)
     max_upload = agent.int("max_upload_bytes", DEFAULT_MAX_UPLOAD, min=1)
     node_name = agent.str("node_name", None)
+    extract_limits = _extract_limits(agent)
     agent.finish()
 
     trust = root.table("trust", required=True)
@@ -250,4 +266,4 @@ def load_agent_config(path: Path) -> AgentConfig:
         raise ConfigError(f"{path}: plugins: configure at least one [plugins.<name>] slot")
     return AgentConfig(path, data_dir, listen, port, max_upload, trusted, threshold,
                        security_keys, security_threshold, tokens, plugins, tls,
-                       approval_keys, approval_threshold, node_name)
+                       approval_keys, approval_threshold, node_name, extract_limits)

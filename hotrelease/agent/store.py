@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import secrets
-import shutil
 import signal
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -91,20 +92,72 @@ def read_json(path: Path) -> Any:
         return None
 
 
-def remove_tree(path: Path) -> None:
-    """rm -rf that also copes with the read-only files of an extracted release."""
-    def _onerror(func: Any, p: str, exc: Any) -> None:
-        try:
-            os.chmod(os.path.dirname(p), 0o755)
-            os.chmod(p, 0o644)
-        except OSError:
-            pass
-        func(p)
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+log = logging.getLogger("hotrelease.agent")
 
-    if path.is_symlink() or path.is_file():
-        path.unlink()
-    elif path.exists():
-        shutil.rmtree(path, onerror=_onerror)
+
+def _remove_at(op: Callable[..., None], name: str, fd: int) -> None:
+    try:
+        op(name, dir_fd=fd)
+    except PermissionError:  # a read-only directory (not as root): make it writable, retry
+        os.fchmod(fd, 0o700)
+        op(name, dir_fd=fd)
+
+
+def _empty_dir(fd: int) -> list[str]:
+    """Unlink every non-directory entry of the open directory; return the subdirectories."""
+    with os.scandir(fd) as it:
+        entries = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
+    for name, is_dir in entries:
+        if not is_dir:
+            _remove_at(os.unlink, name, fd)
+    return [name for name, is_dir in entries if is_dir]
+
+
+def _rmtree(path: Path) -> None:
+    """rm -rf without recursion, at any depth: one directory open at a time, entries removed
+    relative to it (no path ever grows past PATH_MAX). Going back up through `..` is checked
+    against the device and inode recorded on the way down."""
+    fd = os.open(path, _DIR_FLAGS)
+    try:
+        stack = [(path.name, os.fstat(fd), _empty_dir(fd))]  # (name, stat, subdirs left)
+        while stack:
+            name, _, pending = stack[-1]
+            if pending:
+                child_name = pending.pop()
+                child = os.open(child_name, _DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = child
+                stack.append((child_name, os.fstat(fd), _empty_dir(fd)))
+                continue
+            stack.pop()
+            if not stack:
+                break
+            parent = os.open("..", _DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = parent
+            here, expected = os.fstat(fd), stack[-1][1]
+            if (here.st_dev, here.st_ino) != (expected.st_dev, expected.st_ino):
+                raise OSError(f"{path}: the tree moved while it was being removed")
+            _remove_at(os.rmdir, name, fd)
+    finally:
+        os.close(fd)
+    os.rmdir(path)
+
+
+def remove_tree(path: Path) -> bool:
+    """Best-effort rm -rf of one of the agent's own entries (a partial upload, a failed
+    extraction). Never raises for I/O errors: cleanup must neither turn a refusal into a 500
+    nor stop start-up; a failure is logged and False returned (start-up retries)."""
+    try:
+        if path.is_symlink() or not path.is_dir():
+            path.unlink(missing_ok=True)
+        else:
+            _rmtree(path)
+        return True
+    except OSError as exc:
+        log.warning("hotrelease agent: cannot remove %s: %s", path, exc)
+        return False
 
 
 class Store:
@@ -128,14 +181,18 @@ class Store:
             raise ConfigError(f"{self.root}: another agent is already using this data "
                               "directory") from None
         self._lock_fd = fd
-        # Partial uploads and extraction directories never survive a restart.
-        for entry in self.tmp.iterdir():
-            remove_tree(entry)
-        for pdir in self.plugins.iterdir() if self.plugins.is_dir() else ():
-            for entry in pdir.glob(".current.tmp-*"):
-                entry.unlink()
-            for entry in pdir.glob(".*.tmp-*"):
-                entry.unlink()
+        # Partial uploads, extraction directories and temp files of durable writes never
+        # survive a restart. One that cannot be removed is logged and recorded, and the
+        # agent serves anyway (it is retried at the next start).
+        leftovers = list(self.tmp.iterdir())
+        for pdir in self.plugins.iterdir():
+            leftovers += pdir.glob(".*.tmp-*")  # also .current.tmp-* (temp symlinks)
+        for entry in leftovers:
+            if not remove_tree(entry):
+                self.append_history(None, {"action": "cleanup", "who": "agent",
+                                           "result": "failed", "path": str(entry),
+                                           "reason": "could not remove a leftover at "
+                                                     "start-up (see the agent's log)"})
 
     def new_tmp_dir(self, prefix: str) -> Path:
         path = self.tmp / f"{prefix}-{secrets.token_hex(8)}"
