@@ -622,3 +622,82 @@ def test_the_plan_digest_covers_the_plan_itself(fleet, build_plugin, change):
     assert f.versions() == before
     again = json.loads(f.run("plan", "--manifest", release.manifest, "--json").stdout)
     assert again["plan_digest"] != digest
+
+
+CHAOS = """
+[rollout]
+poll_interval = 0.1
+retry_backoff = 0.05
+retries = 2
+
+[[rollout.scheduled]]
+name = "canary"
+nodes = 1
+bake_seconds = 1.5
+
+[[rollout.scheduled]]
+name = "wave-1"
+percent = 40
+bake_seconds = 1.5
+
+[[rollout.scheduled]]
+name = "all"
+percent = 100
+
+[policy]
+approval_classes = []
+"""
+
+
+@pytest.mark.slow
+def test_chaos_the_publisher_killed_at_random_and_rerun_at_once(fleet, build_plugin):
+    """A CI job killed at random moments and retried at once, round after round: the fleet
+    ends on the release, every node activated exactly once, no rollback, every bake in
+    full. Seeded: a failure names its seed and reproduces."""
+    import random
+    import time
+    from datetime import datetime
+
+    seed = 20261202
+    rng = random.Random(seed)
+    f = fleet(7, CHAOS)
+    release = build_plugin("1.0.0")
+    plan = dry_plan(f, release.manifest)
+    command = [sys.executable, "-m", "hotrelease", "publish", release.manifest,
+               "--all-stages", "--now", NOW]
+    kills = []
+    for _ in range(8):
+        proc = subprocess.Popen(command, cwd=f.repo.path, env={**os.environ, **f.env},
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+        delay = rng.uniform(0.2, 2.5)
+        try:
+            proc.wait(timeout=delay)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+            kills.append(round(delay, 2))
+            continue
+        assert proc.returncode == EXIT_OK, f"seed {seed}: a run exited {proc.returncode}"
+    assert len(kills) >= 4, f"seed {seed}: too few kills to mean anything: {kills}"
+    deadline = time.monotonic() + 120
+    final = f.run("publish", release.manifest, "--all-stages", "--json")
+    assert time.monotonic() < deadline
+    assert final.code == EXIT_OK, f"seed {seed}, kills {kills}: {final.stderr}"
+    assert set(f.versions().values()) == {"1.0.0"}
+
+    activated: dict[str, datetime] = {}
+    for name, agent in f.by_name.items():
+        history = agent.history()
+        ok = [r for r in history if r.get("action") == "activate"
+              and r.get("result") == "activated"]
+        assert len(ok) == 1, f"seed {seed}, kills {kills}: {name} activated {len(ok)} times"
+        assert not [r for r in history if r.get("action") == "rollback"
+                    or r.get("result") == "rolled_back"], f"seed {seed}: {name} rolled back"
+        with agent.client() as client:
+            since = client.plugin("greeter")["activated_at"]
+        activated[name] = datetime.fromisoformat(since.replace("Z", "+00:00"))
+    for before, after in (("canary", "wave-1"), ("wave-1", "all")):
+        baked = (min(activated[n] for n in plan[after])
+                 - max(activated[n] for n in plan[before])).total_seconds()
+        assert baked >= 1.5, f"seed {seed}, kills {kills}: {before} baked {baked:.2f}s"
