@@ -4,6 +4,7 @@ the example plugin, and the CLI run as a real subprocess (exit codes, stdout, st
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -198,12 +199,37 @@ AGENT_TOKEN_2 = "other-token-0123456789abcdef"  # name "ops"
 _HISTORY_FILES = {"history.jsonl", "agent-history.jsonl", "agent.lock"}
 
 
+_PORTS_GIVEN: set[int] = set()
+_PORT_RNG = random.Random()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
+    """A loopback port for a test server: below the kernel's ephemeral range, so no outgoing
+    connection can take it between this check and the server's bind, and never handed out
+    twice in one run (two servers started together asked for ports before either bound)."""
     import socket
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    low, _ = _ephemeral_range()
+    for _ in range(500):
+        port = _PORT_RNG.randrange(max(1024, low - 12000), low)
+        if port in _PORTS_GIVEN:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _PORTS_GIVEN.add(port)
+        return port
+    raise RuntimeError("no free loopback port below the ephemeral range")
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 20.0,
