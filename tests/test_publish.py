@@ -60,6 +60,22 @@ class Fleet:
                 out[name] = client.plugin("greeter").get("current")
         return out
 
+    def start_publish(self, manifest: Path) -> subprocess.Popen:
+        """`publish --all-stages` as a CI job runs it, in its own process group."""
+        return subprocess.Popen([sys.executable, "-m", "hotrelease", "publish", manifest,
+                                 "--all-stages", "--now", NOW], cwd=self.repo.path,
+                                env={**os.environ, **self.env}, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def kill_publish_once_active(self, manifest: Path, node: str) -> None:
+        """Start a publish and SIGKILL it as soon as `node` runs 1.0.0 (a CI job dying)."""
+        proc = self.start_publish(manifest)
+        try:
+            wait_until(lambda: self.versions()[node] == "1.0.0", 60, f"{node} to activate")
+            os.killpg(proc.pid, signal.SIGKILL)
+        finally:
+            proc.wait(timeout=10)
+
     def serving(self) -> dict[str, str | None]:
         return {n: a.host.health().get("version") for n, a in self.by_name.items()}
 
@@ -239,15 +255,7 @@ def test_killed_publish_resumes_and_the_fleet_ends_consistent(fleet, build_plugi
     f = fleet(4, slow)
     release = build_plugin("1.0.0")
     canary = dry_plan(f, release.manifest)["canary"][0]
-    proc = subprocess.Popen([sys.executable, "-m", "hotrelease", "publish", release.manifest,
-                             "--all-stages", "--now", NOW], cwd=f.repo.path,
-                            env={**os.environ, **f.env}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        wait_until(lambda: f.versions()[canary] == "1.0.0", 60, "the canary to activate")
-        os.killpg(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(timeout=10)
+    f.kill_publish_once_active(release.manifest, canary)
     assert sum(v == "1.0.0" for v in f.versions().values()) == 1
     f.configure(NO_APPROVAL)  # a shorter bake for the re-run; same stages, same plan
     result = f.run("publish", release.manifest, "--all-stages", "--json")
@@ -512,15 +520,7 @@ def test_a_rerun_right_after_a_killed_publish_waits_out_the_canary_bake(fleet, b
     release = build_plugin("1.0.0")
     plan = dry_plan(f, release.manifest)
     canary = plan["canary"][0]
-    proc = subprocess.Popen([sys.executable, "-m", "hotrelease", "publish", release.manifest,
-                             "--all-stages", "--now", NOW], cwd=f.repo.path,
-                            env={**os.environ, **f.env}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        wait_until(lambda: f.versions()[canary] == "1.0.0", 60, "the canary to activate")
-        os.killpg(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(timeout=10)
+    f.kill_publish_once_active(release.manifest, canary)
     result = f.run("publish", release.manifest, "--all-stages")
     assert result.code == EXIT_OK, result.stderr
     assert set(f.versions().values()) == {"1.0.0"}
@@ -663,13 +663,9 @@ def test_chaos_the_publisher_killed_at_random_and_rerun_at_once(fleet, build_plu
     f = fleet(7, CHAOS)
     release = build_plugin("1.0.0")
     plan = dry_plan(f, release.manifest)
-    command = [sys.executable, "-m", "hotrelease", "publish", release.manifest,
-               "--all-stages", "--now", NOW]
     kills = []
     for _ in range(8):
-        proc = subprocess.Popen(command, cwd=f.repo.path, env={**os.environ, **f.env},
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True)
+        proc = f.start_publish(release.manifest)
         delay = rng.uniform(0.2, 2.5)
         try:
             proc.wait(timeout=delay)
