@@ -1,7 +1,14 @@
-"""Canonical JSON: the exact bytes that get signed.
+"""Canonical JSON: the exact bytes that get signed, and the one strict reader of untrusted JSON.
 
 Sorted keys, no insignificant white space, UTF-8, integers only (floats have more than one
 spelling). Signer and verifier both sign/verify these bytes, never the file as written.
+
+`strict_loads` reads every JSON document that comes from outside (manifests, signature
+envelopes, labels, approvals, the agent's request bodies). It refuses what a signature cannot
+vouch for unambiguously: duplicate keys (last-wins and first-wins readers would see different
+documents under one signature), nesting deeper than `MAX_JSON_DEPTH`, NaN/Infinity, bytes that
+are not UTF-8 and strings with lone surrogates. Every refusal is one `JSONInputError` (a
+`ValueError`), never a `RecursionError`.
 """
 
 from __future__ import annotations
@@ -9,22 +16,91 @@ from __future__ import annotations
 import json
 from typing import Any
 
+# Deeper than anything hotrelease writes (a manifest is 3 levels, an activate request with its
+# signed approval 5) and far below Python's recursion limit, so every walk over a document
+# that passed (canonical form, history records, responses) is safe.
+MAX_JSON_DEPTH = 32
 
-def _reject_floats(value: Any, where: str = "$") -> None:
-    if isinstance(value, float):
-        raise ValueError(f"{where}: floats are not allowed in signed documents")
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise ValueError(f"{where}: keys must be strings")
-            _reject_floats(item, f"{where}.{key}")
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            _reject_floats(item, f"{where}[{i}]")
+
+class JSONInputError(ValueError):
+    """Untrusted JSON that `strict_loads` refuses; the message says why, in a few words."""
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise JSONInputError(f"duplicate key {_short(key)!r}")
+        obj[key] = value
+    return obj
+
+
+def _constant(name: str) -> Any:
+    raise JSONInputError(f"{name} is not a JSON value")
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_object, parse_constant=_constant)
+
+
+def _short(text: str, limit: int = 64) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _walk(value: Any, max_depth: int, *, floats: bool) -> None:
+    """Iterative (no recursion at any depth): depth, string keys, valid Unicode, floats."""
+    stack: list[tuple[Any, int, str]] = [(value, 0, "$")]
+    while stack:
+        item, depth, where = stack.pop()
+        if isinstance(item, dict | list | tuple):
+            if depth >= max_depth:
+                raise JSONInputError(f"nested deeper than {max_depth} levels")
+            if isinstance(item, dict):
+                for key, child in item.items():
+                    if not isinstance(key, str):
+                        raise JSONInputError(f"{where}: keys must be strings")
+                    _check_text(key, where)
+                    stack.append((child, depth + 1, f"{where}.{_short(key, 32)}"))
+            else:
+                stack.extend((child, depth + 1, f"{where}[{i}]") for i, child in enumerate(item))
+        elif isinstance(item, str):
+            _check_text(item, where)
+        elif isinstance(item, float) and not floats:
+            raise JSONInputError(f"{where}: floats are not allowed in signed documents")
+
+
+def _check_text(text: str, where: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise JSONInputError(f"{where}: string with a lone surrogate (not valid Unicode)") \
+            from None
+
+
+def strict_loads(data: bytes | bytearray | str, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """Parse untrusted JSON strictly (see the module doc); raises `JSONInputError`."""
+    if isinstance(data, bytes | bytearray):
+        try:
+            text = bytes(data).decode("utf-8")
+        except UnicodeDecodeError:
+            raise JSONInputError("not UTF-8") from None
+    else:
+        text = data
+    try:
+        value = _DECODER.decode(text)
+    except RecursionError:
+        raise JSONInputError(f"nested deeper than {max_depth} levels") from None
+    except JSONInputError:
+        raise
+    except ValueError as exc:  # JSONDecodeError, an integer of more than 4300 digits
+        raise JSONInputError(f"not valid JSON ({_short(str(exc), 120)})") from None
+    _walk(value, max_depth, floats=True)
+    return value
 
 
 def canonical_bytes(value: Any) -> bytes:
-    _reject_floats(value)
+    """The signed form; a value without one (floats, non-string keys, lone surrogates,
+    nesting deeper than MAX_JSON_DEPTH) raises `JSONInputError` (a ValueError)."""
+    _walk(value, MAX_JSON_DEPTH, floats=False)
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
                       allow_nan=False).encode("utf-8")
 

@@ -101,8 +101,8 @@ def _short(name: str) -> str:
 
 
 def _check_shape(member: tarfile.TarInfo, dest_real: str, limits: ExtractLimits) -> str:
-    """Depth, lengths and header contents: the OS limits are never reached, and what a member
-    keeps in memory is small. Runs before any other check quotes the name."""
+    """Length and depth: the OS limits are never reached. Runs before any other check quotes
+    the name."""
     raw = os.fsencode(member.name)
     if len(raw.rstrip(b"/")) > limits.max_path_length:
         raise UnsafeArchiveError(f"archive member {_short(member.name)}: path longer than "
@@ -118,12 +118,6 @@ def _check_shape(member: tarfile.TarInfo, dest_real: str, limits: ExtractLimits)
     if len(os.fsencode(os.path.join(dest_real, name))) > PATH_MAX - 1 - PATH_HEADROOM:
         raise UnsafeArchiveError(f"archive member {_short(name)}: its path on this node would "
                                  f"be longer than {PATH_MAX - 1 - PATH_HEADROOM} bytes")
-    if member.linkname:
-        raise UnsafeArchiveError(f"archive member {_short(name)} has a link name")
-    for key, value in member.pax_headers.items():
-        if key not in _PAX_KEYS or (key != "path" and len(value) > _PAX_VALUE_MAX):
-            raise UnsafeArchiveError(f"archive member {_short(name)}: pax header "
-                                     f"{_short(key)} is not allowed (or too long)")
     return name
 
 
@@ -144,6 +138,13 @@ def _check_member(member: tarfile.TarInfo, dest_real: str,
                 "FIFO" if member.isfifo() else "special member")
         raise UnsafeArchiveError(f"archive member {name!r} is a {kind}: only regular files "
                                  "and directories are allowed")
+    # What a member keeps in memory stays small (tarfile holds every member it has read).
+    if member.linkname:
+        raise UnsafeArchiveError(f"archive member {name!r} has a link name")
+    for key, value in member.pax_headers.items():
+        if key not in _PAX_KEYS or (key != "path" and len(value) > _PAX_VALUE_MAX):
+            raise UnsafeArchiveError(f"archive member {name!r}: pax header {_short(key)} is "
+                                     "not allowed (or too long)")
     if member.mode & _SPECIAL_BITS:
         raise UnsafeArchiveError(f"archive member {name!r} has setuid/setgid/sticky bits")
     # Layer 1: the stdlib "data" filter (raises tarfile.FilterError subclasses).

@@ -220,8 +220,7 @@ class FleetSession:
         rollout itself counts it against the stage."""
         if self.decision.release_class != "security":
             return
-        import json
-
+        from hotrelease.canonical import strict_loads
         from hotrelease.labels import label_path_for
 
         paths = list(self.labels) or [label_path_for(self.manifest.name,
@@ -231,8 +230,8 @@ class FleetSession:
         refused: dict[str, HotreleaseError] = {}
         for path in paths:
             try:
-                label = json.loads(path.read_text())
-                envelope = json.loads(Path(f"{path}.sig").read_text())
+                label = strict_loads(path.read_bytes())
+                envelope = strict_loads(Path(f"{path}.sig").read_bytes())
             except (OSError, ValueError) as exc:
                 raise UsageError(f"{path}: security label unreadable: {exc}") from None
             for name, client in clients.items():

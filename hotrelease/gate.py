@@ -7,7 +7,6 @@ for the CLI (`classify`, `plan`) and for `publish`.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from typing import Any
 
 import semver
 
+from hotrelease.canonical import strict_loads
 from hotrelease.classify import SecurityClaim, check_label, classify
 from hotrelease.decision import DEFAULT_STAGES, ReleaseDecision, Stages, decide
 from hotrelease.errors import UsageError
@@ -83,12 +83,13 @@ def load_label_claim(path: Path, *, trusted: dict[str, Any], threshold: int, now
     from hotrelease.signing import Envelope
 
     try:
-        data = json.loads(path.read_bytes())
+        data = strict_loads(path.read_bytes())
     except OSError as exc:
         return SecurityClaim(SIGNED_LABEL, str(path), signed=True,
                              problem=f"cannot read: {exc.strerror}")
-    except ValueError:
-        return SecurityClaim(SIGNED_LABEL, str(path), signed=True, problem="not valid JSON")
+    except ValueError as exc:  # strict: a duplicated key could be read two ways
+        return SecurityClaim(SIGNED_LABEL, str(path), signed=True,
+                             problem=f"not valid JSON ({exc})")
     try:
         envelope = Envelope.load(Path(f"{path}.sig"))
     except HotreleaseError as exc:

@@ -8,29 +8,35 @@ controls.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from hotrelease.canonical import canonical_bytes, pretty_bytes
+from hotrelease.canonical import JSONInputError, canonical_bytes, pretty_bytes, strict_loads
 from hotrelease.errors import ExpiredError, ManifestFormatError, VersionError
 from hotrelease.versioning import parse_version
 
 MANIFEST_FORMAT = "hotrelease/manifest/v1"
 PLUGIN_KINDS = ("python", "go", "generic")
-_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+# Plugin names become directory names on every node and parts of file names; the one name
+# check of the CLI (config, manifests, labels, approvals) and the agent (URL paths, slots).
+MAX_NAME_LENGTH = 63
+_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]*")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 def check_name(name: Any) -> str:
     """Plugin names become directory names on every node: keep them boring."""
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    if isinstance(name, str) and len(name) > MAX_NAME_LENGTH:
+        raise ManifestFormatError(f"plugin name {name[:24]!r}... is longer than "
+                                  f"{MAX_NAME_LENGTH} characters ({len(name)})")
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):  # fullmatch: no "x\n"
+        shown = repr(name) if len(repr(name)) <= 80 else repr(name)[:80] + "..."
         raise ManifestFormatError(
-            f"plugin name {name!r} is invalid: use 1-63 lowercase letters, digits, '-' or '_', "
-            "starting with a letter or digit")
+            f"plugin name {shown} is invalid: use 1-{MAX_NAME_LENGTH} lowercase letters, "
+            "digits, '-' or '_', starting with a letter or digit")
     return name
 
 
@@ -223,9 +229,9 @@ class ReleaseManifest:
 def parse_manifest_bytes(data: bytes, source: str = "manifest") -> tuple[dict[str, Any], bytes]:
     """Parse a manifest file: returns (raw dict, canonical bytes that signatures cover)."""
     try:
-        raw = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        raise ManifestFormatError(f"{source}: not valid JSON") from None
+        raw = strict_loads(data)
+    except JSONInputError as exc:
+        raise ManifestFormatError(f"{source}: {exc}") from None
     try:
         return raw, canonical_bytes(raw)
     except ValueError as exc:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from hotrelease.canonical import canonical_bytes, pretty_bytes
+from hotrelease.canonical import JSONInputError, canonical_bytes, pretty_bytes, strict_loads
 from hotrelease.errors import KeyFileError, ManifestFormatError, SignatureError, ThresholdError
 
 ENVELOPE_FORMAT = "hotrelease/envelope/v1"
@@ -196,9 +195,10 @@ class Envelope:
     @classmethod
     def from_bytes(cls, data: bytes, source: str = "signature") -> Envelope:
         try:
-            parsed = json.loads(data)
-        except (ValueError, UnicodeDecodeError):
-            raise SignatureError(f"{source}: not a JSON signature envelope (truncated?)") from None
+            parsed = strict_loads(data)
+        except JSONInputError as exc:
+            raise SignatureError(f"{source}: not a JSON signature envelope ({exc}; "
+                                 "truncated?)") from None
         return cls.from_dict(parsed)
 
     @classmethod

@@ -48,6 +48,20 @@ def verify_manifest_bytes(data: bytes, envelope: Envelope, *, trusted: dict[str,
                           expected_version: str | None = None) -> ReleaseManifest:
     """Check signatures over the manifest, then parse it strictly and check identity and
     expiry. Returns the (now trusted) manifest."""
+    return verify_manifest_document(
+        data, envelope, trusted=trusted, threshold=threshold, now=now, source=source,
+        expected_name=expected_name, expected_version=expected_version)[0]
+
+
+def verify_manifest_document(data: bytes, envelope: Envelope, *,
+                             trusted: dict[str, PublicKey], threshold: int, now: datetime,
+                             source: str = "manifest", expected_name: str | None = None,
+                             expected_version: str | None = None
+                             ) -> tuple[ReleaseManifest, dict[str, Any]]:
+    """`verify_manifest_bytes`, also returning the verified document: the JSON value whose
+    canonical form the signatures cover. Whoever keeps a copy (the agent) writes that value,
+    never `data`: other spellings of the same document (white space, key order, escapes)
+    verify too, and only the value is vouched for."""
     raw, canonical = parse_manifest_bytes(data, source)
     verify_envelope(envelope, canonical, payload_type=MANIFEST_TYPE, trusted=trusted,
                     threshold=threshold)
@@ -59,7 +73,7 @@ def verify_manifest_bytes(data: bytes, envelope: Envelope, *, trusted: dict[str,
         raise IdentityMismatchError(
             f"manifest is for version {manifest.version}, expected {expected_version}")
     manifest.check_not_expired(now)
-    return manifest
+    return manifest, raw
 
 
 def verify_bundle(manifest: ReleaseManifest, bundle_path: Path) -> None:

@@ -13,10 +13,19 @@ from hotrelease.errors import VersionError
 _TAG_CORE_RE = re.compile(r"^[vV]?(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)(?:[-+]|$)")
 
 
+# A version becomes a directory name on every node (releases/<name>/<version>) and part of
+# file names (<name>-<version>.tar.gz, .manifest.json.sig): bounded well below NAME_MAX (255).
+MAX_VERSION_LENGTH = 128
+
+
 def parse_version(text: str) -> semver.Version:
-    """Strict SemVer: no `v` prefix, no leading zeros, three numeric parts."""
+    """Strict SemVer: no `v` prefix, no leading zeros, three numeric parts, at most
+    MAX_VERSION_LENGTH characters. The one version check of the CLI and the agent."""
     if not isinstance(text, str):
         raise VersionError(f"version must be a string, got {type(text).__name__}")
+    if len(text) > MAX_VERSION_LENGTH:
+        raise VersionError(f"version {text[:24]!r}... is longer than {MAX_VERSION_LENGTH} "
+                           f"characters ({len(text)})")
     try:
         return semver.Version.parse(text)
     except (ValueError, TypeError):
@@ -28,6 +37,8 @@ def parse_version(text: str) -> semver.Version:
 def version_from_tag(tag: str) -> semver.Version | None:
     """`v1.2.3` or `1.2.3` -> Version; anything else -> None (not a release tag)."""
     text = tag[1:] if tag[:1] in ("v", "V") else tag
+    if len(text) > MAX_VERSION_LENGTH:
+        return None  # could never have been released
     try:
         return semver.Version.parse(text)
     except (ValueError, TypeError):

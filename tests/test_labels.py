@@ -149,8 +149,24 @@ def test_label_files_roundtrip_and_broken_files(signed, security_key, tmp_path: 
     Path(f"{path}.sig").unlink()
     assert "signature file not found" in load_label_claim(path, **kwargs).problem
     path.write_text("{not json")
-    assert load_label_claim(path, **kwargs).problem == "not valid JSON"
+    assert load_label_claim(path, **kwargs).problem.startswith("not valid JSON")
     assert "cannot read" in load_label_claim(tmp_path / "missing.json", **kwargs).problem
     path.write_text(json.dumps([1, 2]))
     envelope.save(Path(f"{path}.sig"))
     assert load_label_claim(path, **kwargs).problem == "not a label document"
+
+
+def test_label_file_with_a_duplicated_key_is_not_a_security_claim(signed, security_key,
+                                                                  tmp_path: Path) -> None:
+    """A first occurrence added in transit leaves the signature valid for a last-wins reader
+    (the canonical form is unchanged) while a first-wins reader sees another advisory."""
+    label, envelope = signed
+    path = tmp_path / "greeter-1.2.1.security.json"
+    save_label(label, envelope, path)
+    kwargs = dict(trusted=load_trusted([security_key.public]), threshold=1, now=NOW, **BINDING)
+    assert load_label_claim(path, **kwargs).valid  # the twin
+    text = path.read_text()
+    path.write_text(text.replace("{", '{"advisory": "CVE-2000-0001", ', 1))
+    claim = load_label_claim(path, **kwargs)
+    assert not claim.valid
+    assert "duplicate key 'advisory'" in claim.problem

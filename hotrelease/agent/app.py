@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import time
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
@@ -34,6 +36,7 @@ from hotrelease.agent.service import (
     TooLarge,
 )
 from hotrelease.agent.store import crash_point, remove_tree
+from hotrelease.canonical import MAX_JSON_DEPTH, JSONInputError, strict_loads
 from hotrelease.errors import (
     HotreleaseError,
     PolicyError,
@@ -41,6 +44,7 @@ from hotrelease.errors import (
     UsageError,
     VerificationError,
 )
+from hotrelease.versioning import MAX_VERSION_LENGTH
 
 _bearer = HTTPBearer(auto_error=False, description="Bearer token (stored hashed in agent.toml)")
 
@@ -86,9 +90,14 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         (500, "internal"))}
 
 
+# Versions are not bounded here: the one version check (`versioning.parse_version`) runs
+# in the agent, answers 400 bad_version and records the refusal, as for the URL's version.
+_Version = f"SemVer 2.0.0, at most {MAX_VERSION_LENGTH} characters"
+
+
 class ActivateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    version: str = Field(max_length=256)
+    version: str = Field(description=_Version)
     stage: str | None = _Text
     release_id: str | None = _Text
     pipeline_url: str | None = _Text
@@ -99,8 +108,9 @@ class ActivateRequest(BaseModel):
 
 class RollbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    version: str | None = Field(default=None, max_length=256,
-                                description="Stored version; default: the previous one")
+    version: str | None = Field(default=None,
+                                description=f"Stored version; default: the previous one. "
+                                            f"{_Version}")
     stage: str | None = _Text
     release_id: str | None = _Text
     pipeline_url: str | None = _Text
@@ -133,6 +143,39 @@ _UPLOAD_OPENAPI: dict[str, Any] = {
 
 
 MAX_JSON_BODY = 1024 * 1024
+
+
+class _RefusedBody(json.JSONDecodeError):
+    """Strict JSON refused a request body: FastAPI answers a JSONDecodeError with a
+    RequestValidationError (422 bad_request), which carries this reason."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason, "", 0)
+
+
+class _StrictJSONRequest(Request):
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            try:
+                self._json = strict_loads(await self.body())
+            except JSONInputError as exc:
+                raise _RefusedBody(str(exc)) from None
+        return self._json
+
+
+class StrictJSONRoute(APIRoute):
+    """Every JSON request body is parsed by `canonical.strict_loads`: duplicate keys, nesting
+    deeper than MAX_JSON_DEPTH, NaN, invalid UTF-8 or lone surrogates are a 422 bad_request
+    before any handler runs (a body is parsed before the token is checked, so nothing is
+    recorded in history for it), never a RecursionError."""
+
+    def get_route_handler(self) -> Any:
+        handler = super().get_route_handler()
+
+        async def strict(request: Request) -> Response:
+            return await handler(_StrictJSONRequest(request.scope, request.receive))
+
+        return strict
 
 
 class JsonBodyLimit:
@@ -172,6 +215,7 @@ def create_app(agent: Agent) -> FastAPI:
                   openapi_url="/v1/openapi.json", docs_url=None, redoc_url=None,
                   responses=_ERRORS)
     app.state.agent = agent
+    app.router.route_class = StrictJSONRoute
     app.add_middleware(JsonBodyLimit)
     cap = agent.config.max_upload_bytes
 
@@ -186,6 +230,10 @@ def create_app(agent: Agent) -> FastAPI:
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
         first = errors[0] if errors else {}
+        if first.get("type") == "json_invalid":  # strict JSON refused the body: say why
+            reason = (first.get("ctx") or {}).get("error", "not valid JSON")
+            return error_response(422, "bad_request", f"request body: {reason} (strict JSON: "
+                                  f"no duplicate keys, at most {MAX_JSON_DEPTH} levels)")
         where = ".".join(str(p) for p in first.get("loc", ()))
         return error_response(422, "bad_request", f"{where}: {first.get('msg', 'invalid')}")
 
@@ -221,6 +269,8 @@ def create_app(agent: Agent) -> FastAPI:
     @app.get("/v1/plugins/{name}/releases/{version}", summary="A stored release")
     def release(name: str, version: str, caller: str = Depends(who)) -> dict[str, Any]:
         agent.plugin(name, who=caller, action="read")
+        agent.check_version_param(name, version, {"action": "read", "who": caller,
+                                                  "version": version})
         info = None
         if version in agent.store.stored_versions(name):
             info = agent.release_info(name, version)

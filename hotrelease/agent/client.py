@@ -133,13 +133,13 @@ class AgentClient:
     def upload(self, manifest_path: Path, sig_path: Path | None = None,
                bundle_path: Path | None = None) -> dict[str, Any]:
         """PUT the bundle (streamed from disk) with the signed manifest in two headers."""
-        import json
+        from hotrelease.canonical import strict_loads
 
         manifest_path = Path(manifest_path)
         data = manifest_path.read_bytes()
         sig = Path(sig_path) if sig_path else signature_path_for(manifest_path)
         try:
-            doc = json.loads(data)
+            doc = strict_loads(data)
             name, version = doc["name"], doc["version"]
             bundle = Path(bundle_path) if bundle_path else \
                 manifest_path.parent / doc["bundle"]["filename"]

@@ -13,7 +13,7 @@ from pathlib import Path
 from hotrelease.agent.auth import MIN_TOKEN_LENGTH, TokenEntry, is_token_hash
 from hotrelease.configreader import Table, load_toml
 from hotrelease.errors import ConfigError
-from hotrelease.extract import DEFAULT_LIMITS, NAME_MAX, PATH_HEADROOM, PATH_MAX, ExtractLimits
+from hotrelease.extract import DEFAULT_LIMITS, PATH_HEADROOM, PATH_MAX, ExtractLimits
 from hotrelease.manifest import check_name
 from hotrelease.signing import PublicKey, load_trusted
 
@@ -96,7 +96,7 @@ def _extract_limits(t: Table) -> ExtractLimits:
         max_extracted_bytes=t.int("max_extracted_bytes", d.max_extracted_bytes, min=1),
         max_members=t.int("max_members", d.max_members, min=1, max=10_000_000),
         max_path_depth=t.int("max_path_depth", d.max_path_depth, min=1, max=PATH_MAX // 2),
-        max_path_length=t.int("max_path_length", d.max_path_length, min=NAME_MAX,
+        max_path_length=t.int("max_path_length", d.max_path_length, min=1,
                               max=PATH_MAX - 1 - PATH_HEADROOM),
         max_pax_header_bytes=t.int("max_pax_header_bytes", d.max_pax_header_bytes, min=512,
                                    max=16 * 1024 * 1024))

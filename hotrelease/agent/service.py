@@ -23,6 +23,7 @@ from typing import Any
 from hotrelease.agent.config import AgentConfig, PluginConfig
 from hotrelease.agent.hooks import run_health, run_precheck, run_reload
 from hotrelease.agent.store import Store, crash_point, fsync_dir, utcnow, write_json
+from hotrelease.canonical import pretty_bytes
 from hotrelease.checksum import sha256_file
 from hotrelease.errors import (
     DigestMismatchError,
@@ -38,6 +39,7 @@ from hotrelease.errors import (
 from hotrelease.extract import safe_extract
 from hotrelease.labels import verify_label
 from hotrelease.manifest import (
+    MAX_NAME_LENGTH,
     FileEntry,
     ReleaseManifest,
     check_name,
@@ -45,8 +47,8 @@ from hotrelease.manifest import (
     parse_manifest_bytes,
 )
 from hotrelease.signing import APPROVAL_TYPE, Envelope, verify_signed_json
-from hotrelease.verify import verify_bundle_digest, verify_bundle_files, verify_manifest_bytes
-from hotrelease.versioning import parse_version
+from hotrelease.verify import verify_bundle_digest, verify_bundle_files, verify_manifest_document
+from hotrelease.versioning import MAX_VERSION_LENGTH, parse_version
 
 MANIFEST_HEADER = "x-hotrelease-manifest"
 SIGNATURE_HEADER = "x-hotrelease-signature"
@@ -118,7 +120,8 @@ class Agent:
         try:
             check_name(name)
         except ManifestFormatError as exc:
-            self.store.append_history(None, {"action": action, "who": who, "plugin": name,
+            self.store.append_history(None, {"action": action, "who": who,
+                                             "plugin": _clip(name, MAX_NAME_LENGTH),
                                              "result": "refused", "code": "bad_name",
                                              "reason": str(exc)})
             raise BadRequest(str(exc), code="bad_name") from None
@@ -141,6 +144,7 @@ class Agent:
         try:
             return check_version(version)
         except ManifestFormatError as exc:
+            record["version"] = _clip(version, MAX_VERSION_LENGTH)  # not a megabyte of it
             raise self.refuse(name, record, BadRequest(str(exc), code="bad_version")) from None
 
     def security_floor(self, name: str) -> tuple[str | None, str | None]:
@@ -176,8 +180,9 @@ class Agent:
     # --- ingest -------------------------------------------------------------------------------
     def begin_upload(self, name: str, version: str, who: str, headers: dict[str, str],
                      content_length: int | None) -> tuple[ReleaseManifest, bytes, bytes, bool]:
-        """Everything checked before the body is read. Returns the verified manifest, its
-        bytes, the envelope bytes, and whether this exact release is already stored."""
+        """Everything checked before the body is read. Returns the verified manifest, the
+        bytes to store for it and for its envelope (the verified values, re-serialized: never
+        the bytes as uploaded), and whether this exact release is already stored."""
         self.plugin(name, who=who, action="upload")
         record: dict[str, Any] = {"action": "upload", "who": who, "version": version}
         self.check_version_param(name, version, record)
@@ -189,12 +194,16 @@ class Agent:
             manifest_bytes = _b64_header(headers, MANIFEST_HEADER, ManifestFormatError)
             envelope_bytes = _b64_header(headers, SIGNATURE_HEADER, SignatureError)
             envelope = Envelope.from_bytes(envelope_bytes, "signature header")
-            manifest = verify_manifest_bytes(
+            manifest, document = verify_manifest_document(
                 manifest_bytes, envelope, trusted=self.config.trusted,
                 threshold=self.config.threshold, now=self.clock(), source="manifest header",
                 expected_name=name, expected_version=version)
         except VerificationError as exc:
             raise self.refuse(name, record, exc) from None
+        # What lands in the release dir is the document whose canonical form was verified
+        # (duplicate keys were refused while parsing), in the form `hotrelease build` writes.
+        manifest_bytes = pretty_bytes(document)
+        envelope_bytes = pretty_bytes(envelope.to_dict())
         record["release_id"] = manifest.release_id
         record["bundle_sha256"] = manifest.bundle.sha256
         if manifest.bundle.size > cap:
@@ -227,7 +236,8 @@ class Agent:
             files_dir = staged / "files"
             files_dir.mkdir(parents=True)
             total = sum(f.size for f in manifest.files)
-            entries = safe_extract(bundle, files_dir, max_total_bytes=total,
+            entries = safe_extract(bundle, files_dir, limits=self.config.extract_limits,
+                                   max_total_bytes=total,
                                    on_file=lambda _: crash_point("upload.extracting"))
             # What landed on disk is exactly what was signed, member by member (the same
             # check `hotrelease verify` runs on the archive's listing).
@@ -616,6 +626,11 @@ def _b64_header(headers: dict[str, str], key: str, error: type[HotreleaseError])
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
         raise error(f"{key} header is not valid base64") from None
+
+
+def _clip(text: Any, limit: int) -> Any:
+    """A hostile value as recorded in history: at most `limit` characters and a marker."""
+    return text[:limit] + "..." if isinstance(text, str) and len(text) > limit else text
 
 
 def _now() -> float:

@@ -297,14 +297,13 @@ def label_security(
 
 def _cosign_target(path: Path, wanted: Any) -> tuple[Any, Any]:
     """An existing label for the same release and advisory is co-signed, not replaced."""
-    import json
-
+    from hotrelease.canonical import strict_loads
     from hotrelease.errors import HotreleaseError
     from hotrelease.labels import SecurityLabel
     from hotrelease.signing import Envelope
 
     try:
-        existing = SecurityLabel.from_dict(json.loads(path.read_bytes()))
+        existing = SecurityLabel.from_dict(strict_loads(path.read_bytes()))
     except (ValueError, HotreleaseError):
         raise UsageError(f"{path}: exists and is not a label; remove it or use --out") from None
     same = (existing.name, existing.version, existing.bundle_sha256, existing.advisory) == \
