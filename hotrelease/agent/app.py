@@ -6,10 +6,12 @@ Every error body is `{"error": {"code": <stable machine code>, "message": <human
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Security
@@ -211,9 +213,14 @@ class JsonBodyLimit:
 
 
 def create_app(agent: Agent) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        agent.shutdown()  # after the last request: no hook outlives the server
+
     app = FastAPI(title="hotrelease agent", version=__version__,
                   openapi_url="/v1/openapi.json", docs_url=None, redoc_url=None,
-                  responses=_ERRORS)
+                  responses=_ERRORS, lifespan=lifespan)
     app.state.agent = agent
     app.router.route_class = StrictJSONRoute
     app.add_middleware(JsonBodyLimit)

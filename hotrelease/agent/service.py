@@ -21,7 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from hotrelease.agent.config import AgentConfig, PluginConfig
-from hotrelease.agent.hooks import run_health, run_precheck, run_reload
+from hotrelease.agent.hooks import (
+    run_health,
+    run_precheck,
+    run_reload,
+    terminate_running_hooks,
+)
 from hotrelease.agent.store import Store, crash_point, fsync_dir, utcnow, write_json
 from hotrelease.canonical import pretty_bytes
 from hotrelease.checksum import sha256_file
@@ -573,46 +578,17 @@ class Agent:
         return {"status": "recorded", "name": name, "stage": parsed.stage,
                 "verified": verified}
 
-    # --- start-up recovery ------------------------------------------------------------------------
+    # --- start and stop ---------------------------------------------------------------------------
     def recover(self) -> list[dict[str, Any]]:
-        """Finish or undo a switch interrupted by a crash, so `current` and state agree.
-        Idempotent: a crash during recovery is recovered by the next start."""
-        self.store.open()
-        done = []
-        for name, pcfg in self.config.plugins.items():
-            self.store.plugin_dir(name)
-            journal_path = self.store.journal_path(name)
-            state = self.store.load_state(name)
-            journal = None
-            if journal_path.exists():
-                try:
-                    journal = json.loads(journal_path.read_bytes())
-                except ValueError:
-                    journal = None  # torn write of the journal itself: nothing was switched
-            link_version = self.store.read_current(name)
-            recorded = state.get("current")
-            if journal is None and link_version == recorded and not journal_path.exists():
-                continue
-            if link_version != recorded:
-                self.store.switch_current(name, recorded)
-            crash_point("recovery.swapped")
-            if journal is not None or link_version != recorded:
-                current_path = str(self.store.current_link(name))
-                ok, detail = (run_reload(pcfg.reload, name=name, version=recorded,
-                                         current_path=current_path)
-                              if recorded is not None else (True, "nothing to reload"))
-                what = (f"{journal.get('op')} {journal.get('from')} -> {journal.get('to')}"
-                        if journal else "switch")
-                outcome = ("finished" if journal and recorded == journal.get("to")
-                           else "undone")
-                rec = self.store.append_history(name, {
-                    "action": "recover", "who": "agent", "version": recorded,
-                    "result": outcome,
-                    "reason": f"agent restarted during {what}; current is {recorded}",
-                    "reload": detail if ok else f"reload failed: {detail}"})
-                done.append({"name": name, **rec})
-            self.store.clear_journal(name)
-        return done
+        """Start-up: finish or undo what a crash interrupted (see `recovery.py`)."""
+        from hotrelease.agent.recovery import recover
+
+        return recover(self)
+
+    def shutdown(self) -> None:
+        """The server stopped: no hook the agent started may outlive it."""
+        terminate_running_hooks()
+
 
 
 def _b64_header(headers: dict[str, str], key: str, error: type[HotreleaseError]) -> bytes:
