@@ -334,7 +334,8 @@ class FleetSession:
                 "lane": self.lane, "stage_reached": reached, "stages": stages,
                 "pending_window": pending, "nodes": [_state_dict(s) for s in states.values()]}
 
-    def rollback(self, *, stage: str | None, dry_run: bool) -> dict[str, Any]:
+    def rollback(self, *, stage: str | None, dry_run: bool,
+                 allow_expired: bool = False) -> dict[str, Any]:
         plans = self.plans()
         if stage is not None:
             chosen = [p for p in plans if p.name == stage]
@@ -352,7 +353,8 @@ class FleetSession:
                      for n in targets]
         else:
             nodes = [o.__dict__ for o in publisher.revert(
-                targets, f"hotrelease rollback of {self.manifest.release_id}")]
+                targets, f"hotrelease rollback of {self.manifest.release_id}",
+                allow_expired=allow_expired)]
         untouched = [{"node": n, "result": "not on this release",
                       "version": states[n].current} for n in scope if n not in targets]
         return {"release": self.manifest.release_id, "nodes": nodes + untouched}

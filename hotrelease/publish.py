@@ -37,6 +37,7 @@ class AgentAPI(Protocol):
                  reason: str | None = None, timeout: float | None = None) -> dict[str, Any]: ...
     def rollback(self, name: str, version: str | None = None, *, stage: str | None = None,
                  pipeline_url: str | None = None, reason: str | None = None,
+                 approval: dict[str, Any] | None = None, allow_expired: bool = False,
                  timeout: float | None = None) -> dict[str, Any]: ...
     def history(self, name: str) -> list[dict[str, Any]]: ...
     def post_approval(self, name: str, approval: dict[str, Any],
@@ -372,11 +373,14 @@ class Publisher:
                                   "to continue, or `hotrelease rollback`)", code="paused")
         return bad
 
-    def revert(self, changed: list[str], reason: str) -> list[NodeOutcome]:
+    def revert(self, changed: list[str], reason: str, *,
+               allow_expired: bool = False) -> list[NodeOutcome]:
+        """Each node back to the version it ran before this release. `allow_expired`: even
+        if that version's manifest has expired since (the agent records the override)."""
         def rollback(name: str) -> Any:
             return self._call(name, "rollback", lambda: self.clients[name].rollback(
                 self.manifest.name, None, reason=reason,
-                pipeline_url=self.meta.get("pipeline_url")))
+                pipeline_url=self.meta.get("pipeline_url"), allow_expired=allow_expired))
 
         def one(name: str) -> NodeOutcome:
             try:
@@ -409,7 +413,9 @@ class Publisher:
         states.update({n: self.settle(n) for n in scope if states[n].busy is not None})
         changed = [n for n in scope if states[n].reachable
                    and states[n].current == self.manifest.version]
-        reverts = self.revert(changed, reason)
+        # Like the agent's own automatic rollback: back to what ran a moment ago, even if its
+        # manifest expired while it ran (recorded as an override on each node).
+        reverts = self.revert(changed, reason, allow_expired=True)
         report.outcomes.extend(reverts)
         after = self.snapshot(changed)
         still = [n for n in changed if not after[n].reachable

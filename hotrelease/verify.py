@@ -56,12 +56,13 @@ def verify_manifest_bytes(data: bytes, envelope: Envelope, *, trusted: dict[str,
 def verify_manifest_document(data: bytes, envelope: Envelope, *,
                              trusted: dict[str, PublicKey], threshold: int, now: datetime,
                              source: str = "manifest", expected_name: str | None = None,
-                             expected_version: str | None = None
+                             expected_version: str | None = None, check_expiry: bool = True
                              ) -> tuple[ReleaseManifest, dict[str, Any]]:
     """`verify_manifest_bytes`, also returning the verified document: the JSON value whose
     canonical form the signatures cover. Whoever keeps a copy (the agent) writes that value,
     never `data`: other spellings of the same document (white space, key order, escapes)
-    verify too, and only the value is vouched for."""
+    verify too, and only the value is vouched for. `check_expiry=False` is for the agent's
+    recorded override (rolling back to an expired release it ran before)."""
     raw, canonical = parse_manifest_bytes(data, source)
     verify_envelope(envelope, canonical, payload_type=MANIFEST_TYPE, trusted=trusted,
                     threshold=threshold)
@@ -72,7 +73,8 @@ def verify_manifest_document(data: bytes, envelope: Envelope, *,
     if expected_version is not None and manifest.version != expected_version:
         raise IdentityMismatchError(
             f"manifest is for version {manifest.version}, expected {expected_version}")
-    manifest.check_not_expired(now)
+    if check_expiry:
+        manifest.check_not_expired(now)
     return manifest, raw
 
 

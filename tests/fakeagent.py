@@ -274,8 +274,10 @@ class FakeAgent:
 
     def rollback(self, name: str, version: str | None = None, *, stage: str | None = None,
                  pipeline_url: str | None = None, reason: str | None = None,
+                 approval: dict[str, Any] | None = None, allow_expired: bool = False,
                  timeout: float | None = None) -> dict[str, Any]:
-        meta = {"stage": stage, "pipeline_url": pipeline_url, "reason": reason}
+        meta = {"stage": stage, "pipeline_url": pipeline_url, "reason": reason,
+                "approval": approval, "override": "allow_expired" if allow_expired else None}
         with self._enter("rollback", name, version, _drop_none(meta)):
             return _wire(self._activate(name, version, _drop_none(meta), rollback=True))
 

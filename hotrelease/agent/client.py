@@ -167,10 +167,13 @@ class AgentClient:
 
     def rollback(self, name: str, version: str | None = None, *, stage: str | None = None,
                  pipeline_url: str | None = None, reason: str | None = None,
+                 approval: dict[str, Any] | None = None, allow_expired: bool = False,
                  timeout: float | None = None) -> dict[str, Any]:
         body = {k: v for k, v in {"version": version, "stage": stage,
-                                  "pipeline_url": pipeline_url,
-                                  "reason": reason}.items() if v is not None}
+                                  "pipeline_url": pipeline_url, "reason": reason,
+                                  "approval": approval,
+                                  "allow_expired": allow_expired or None}.items()
+                if v is not None}
         return self._call("POST", f"/v1/plugins/{name}/rollback", json=body,
                           timeout=timeout or max(self.timeout, 120.0))
 

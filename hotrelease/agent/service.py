@@ -38,6 +38,7 @@ from hotrelease.errors import (
     ManifestFormatError,
     PolicyError,
     SignatureError,
+    ThresholdError,
     UsageError,
     VerificationError,
 )
@@ -49,6 +50,7 @@ from hotrelease.manifest import (
     ReleaseManifest,
     check_name,
     check_version,
+    format_time,
     parse_manifest_bytes,
 )
 from hotrelease.signing import APPROVAL_TYPE, Envelope, verify_signed_json
@@ -79,6 +81,13 @@ class TooLarge(VerificationError):
     code = "too_large"
 
 
+class AdvisoryUnreadable(PolicyError):
+    """A stored advisory cannot be read: the security floor is unknown, so nothing that the
+    floor guards (activation, rollback, upload) goes ahead until an operator repairs it."""
+
+    code = "advisory_unreadable"
+
+
 class AgentFailure(HotreleaseError):
     """The agent itself could not complete an operation (disk full, I/O error)."""
 
@@ -93,6 +102,17 @@ def _below(a: str, b: str) -> bool:
     return bool(_version_key(a) < _version_key(b))
 
 
+def _ran_versions(state: dict[str, Any]) -> set[str]:
+    """Versions that were live on this node after passing their health check. States written
+    before `ran` was kept know at least current, previous and the highest activated."""
+    ran = set(state.get("ran") or ())
+    ran.update(v for v in (state.get("current"), state.get("previous"),
+                           state.get("highest_activated")) if isinstance(v, str))
+    if state.get("state") == "unhealthy":  # kept live only because going back was refused
+        ran.discard(state.get("current"))
+    return ran
+
+
 @dataclass
 class Meta:
     """Caller-supplied context recorded in history. `approval` ({"approval", "envelope"}) is
@@ -103,9 +123,12 @@ class Meta:
     pipeline_url: str | None = None
     approval: dict[str, Any] | None = None
     reason: str | None = None
+    # Rollback only: the target's manifest may have expired (a known-good release this node
+    # ran before). Recorded in history with the expiry that was overridden.
+    allow_expired: bool = False
 
     def record(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if v is not None}
+        return {k: v for k, v in self.__dict__.items() if v is not None and v is not False}
 
 
 class Agent:
@@ -153,21 +176,38 @@ class Agent:
             raise self.refuse(name, record, BadRequest(str(exc), code="bad_version")) from None
 
     def security_floor(self, name: str) -> tuple[str | None, str | None]:
-        """(floor version, advisory id): the highest fixing version among the labels seen."""
+        """(floor version, advisory id): the highest fixing version among the labels seen.
+        Fails closed: an advisory record that cannot be read raises `AdvisoryUnreadable`
+        (the floor it holds is unknown, so no version can be shown to be above it)."""
         floor: str | None = None
         advisory: str | None = None
         directory = self.store.plugins / name / "advisories"
         if not directory.is_dir():
             return None, None
-        for path in sorted(directory.glob("*.json")):
+        for path in sorted(directory.iterdir()):
+            if path.name.startswith("."):  # a temp file of an interrupted atomic write
+                continue
             try:
                 doc = json.loads(path.read_bytes())
                 version = check_version(doc["label"]["version"])
-            except (ValueError, KeyError, TypeError, HotreleaseError):
-                continue
+                found = doc["label"].get("advisory")
+            except OSError as exc:
+                raise AdvisoryUnreadable(f"{path}: {exc.strerror}") from None
+            except (ValueError, KeyError, TypeError, AttributeError, HotreleaseError) as exc:
+                raise AdvisoryUnreadable(f"{path}: not an advisory record ({exc})") from None
             if floor is None or _below(floor, version):
-                floor, advisory = version, doc["label"].get("advisory")
+                floor, advisory = version, found
         return floor, advisory
+
+    def check_floor(self, name: str, version: str, record: dict[str, Any]) -> None:
+        try:
+            floor, advisory = self.security_floor(name)
+        except AdvisoryUnreadable as exc:
+            raise self.refuse(name, record, exc) from None
+        if floor is not None and _below(version, floor):
+            raise self.refuse(name, record, PolicyError(
+                f"{name}@{version} is below the security floor {floor} ({advisory})",
+                code="below_security_floor"))
 
     def release_info(self, name: str, version: str) -> dict[str, Any] | None:
         rdir = self.store.release_dir(name, version)
@@ -211,6 +251,8 @@ class Agent:
         envelope_bytes = pretty_bytes(envelope.to_dict())
         record["release_id"] = manifest.release_id
         record["bundle_sha256"] = manifest.bundle.sha256
+        # Stored below the floor it could never be activated: refuse it now, not later.
+        self.check_floor(name, version, record)
         if manifest.bundle.size > cap:
             raise self.refuse(name, record, TooLarge(
                 f"manifest declares a bundle of {manifest.bundle.size} bytes, over the limit "
@@ -343,11 +385,7 @@ class Agent:
                 f"{name}@{version} is not stored on this node (upload it first)",
                 code="not_stored"))
         record["release_id"] = info["release_id"]
-        floor, advisory = self.security_floor(name)
-        if floor is not None and _below(version, floor):
-            raise self.refuse(name, record, PolicyError(
-                f"{name}@{version} is below the security floor {floor} ({advisory})",
-                code="below_security_floor"))
+        self.check_floor(name, version, record)
         if version == old:
             self.store.append_history(name, {**record, "result": "unchanged",
                                              "reason": "already the current version"})
@@ -359,12 +397,28 @@ class Agent:
                 f"{name}@{version} is lower than {highest}, already activated on this node; "
                 "use the rollback endpoint to go back to a stored version",
                 code="downgrade"))
+        # A rollback skips the approval only to go back to a version this node ran; anything
+        # else is an activation under another name and needs what an activation needs.
+        known_good = rollback and version in _ran_versions(state)
+        if record.pop("allow_expired", False):
+            if not known_good:
+                raise self.refuse(name, record, UsageError(
+                    f"allow_expired applies only to a rollback to a version this node ran "
+                    f"before; {name}@{version} never ran here", code="bad_request"))
+            record["override"] = "allow_expired"
         try:
-            self._check_release_files(name, version)
-            if not rollback:
+            manifest = self.check_release(name, version,
+                                          allow_expired="override" in record)
+            if not known_good:
                 self.check_approval(name, version, info["bundle_sha256"], record)
+        except ExpiredError as exc:
+            hint = ("; a rollback to a version this node ran before may override that with "
+                    "allow_expired" if known_good else "")
+            raise self.refuse(name, record, ExpiredError(f"{exc}{hint}")) from None
         except (VerificationError, PolicyError) as exc:
             raise self.refuse(name, record, exc) from None
+        if "override" in record and self.clock() >= manifest.expires:
+            record["expired"] = format_time(manifest.expires)
         ok, detail = run_precheck(pcfg.precheck, name=name, version=version,
                                   release_dir=str(self.store.release_dir(name, version)))
         if not ok:
@@ -393,11 +447,28 @@ class Agent:
                                version=version, bundle_sha256=bundle_sha256, stage=None,
                                now=self.clock(), node=self.config.node_name)
 
-    def _check_release_files(self, name: str, version: str) -> None:
-        """The stored files still match the signed manifest (disk rot, tampering)."""
+    def check_release(self, name: str, version: str, *, allow_expired: bool = False) -> \
+            ReleaseManifest:
+        """Before every switch to a stored release: its manifest is still signed by enough
+        of the keys trusted *now* (a key removed since it was stored no longer counts), not
+        expired (unless `allow_expired`), and the stored files still match it (disk rot,
+        tampering)."""
         rdir = self.store.release_dir(name, version)
-        raw, _ = parse_manifest_bytes((rdir / "manifest.json").read_bytes())
-        manifest = ReleaseManifest.from_dict(raw)
+        try:
+            data = (rdir / "manifest.json").read_bytes()
+            envelope = Envelope.from_bytes((rdir / "manifest.json.sig").read_bytes(),
+                                           f"stored release {name}@{version} signature")
+        except OSError as exc:
+            raise DigestMismatchError(f"stored release {name}@{version}: cannot read its "
+                                      f"signed manifest ({exc.strerror})") from None
+        try:
+            manifest, _ = verify_manifest_document(
+                data, envelope, trusted=self.config.trusted, threshold=self.config.threshold,
+                now=self.clock(), source=f"stored release {name}@{version}",
+                expected_name=name, expected_version=version, check_expiry=not allow_expired)
+        except (SignatureError, ThresholdError) as exc:  # keys rotated since it was stored
+            raise type(exc)(f"stored release {name}@{version}: {exc} (under the keys this "
+                            "node trusts now)", code=exc.code) from None
         entries = []
         for entry in manifest.files:
             path = rdir / "files" / entry.path
@@ -407,6 +478,7 @@ class Agent:
             digest, size = sha256_file(path)
             entries.append(FileEntry(entry.path, digest, size))
         verify_bundle_files(manifest, entries, f"stored release {name}@{version}")
+        return manifest
 
     def _switch(self, pcfg: PluginConfig, state: dict[str, Any], old: str | None, new: str,
                 record: dict[str, Any]) -> dict[str, Any]:
@@ -440,6 +512,7 @@ class Agent:
                 "current": new, "previous": old, "state": "active", "activated_at": utcnow(),
                 "highest_activated": new if highest is None or _below(highest, new)
                 else highest,
+                "ran": sorted(_ran_versions(state) | {new}, key=_version_key),
                 "health": health, "last_result": "activated",
                 "release_id": record.get("release_id")})
             self.store.save_state(name, state)
@@ -462,17 +535,17 @@ class Agent:
         self.store.write_journal(name, {"op": record["action"], "from": old, "to": new,
                                         "phase": "rolling_back", "reason": reason,
                                         "started_at": utcnow()})
-        floor, advisory = self.security_floor(name)
-        if old is not None and floor is not None and _below(old, floor):
-            # Going back would run a version with a known vulnerability: stay, flag it.
+        refused = self._cannot_go_back(name, old, record) if old is not None else None
+        if refused is not None:
+            # Going back would run a version with a known vulnerability, or one no longer
+            # trusted (or the floor is unknown): stay, flag it.
+            code, why = refused
             state.update({"current": new, "previous": old, "state": "unhealthy",
                           "activated_at": utcnow(), "health": failed_health,
                           "last_result": "failed"})
             self.store.save_state(name, state)
-            detail = (f"{reason}; automatic rollback to {old} refused: below the security "
-                      f"floor {floor} ({advisory})")
-            self.store.append_history(name, {**record, "result": "failed",
-                                             "code": "below_security_floor",
+            detail = f"{reason}; automatic rollback to {old} refused: {why}"
+            self.store.append_history(name, {**record, "result": "failed", "code": code,
                                              "reason": detail})
             self.store.clear_journal(name)
             return {"result": "failed", "name": name, "version": new, "from": old,
@@ -506,6 +579,25 @@ class Agent:
                 "current": old, "reason": reason, "health": failed_health,
                 "rollback_health": back_health, "timings": timings, "state": state}
 
+    def _cannot_go_back(self, name: str, old: str, record: dict[str, Any]) -> \
+            tuple[str, str] | None:
+        """Why the automatic rollback may not return to `old`, as (code, reason); None when
+        it may. `old` ran a moment ago, so an expired manifest does not stop it (the expiry
+        is noted in `record`); a key removed since, the security floor and the files do."""
+        try:
+            floor, advisory = self.security_floor(name)
+        except AdvisoryUnreadable as exc:
+            return exc.code, f"the security floor is unknown ({exc})"
+        if floor is not None and _below(old, floor):
+            return "below_security_floor", f"below the security floor {floor} ({advisory})"
+        try:
+            manifest = self.check_release(name, old, allow_expired=True)
+        except VerificationError as exc:
+            return exc.code, f"{name}@{old} no longer verifies ({exc})"
+        if self.clock() >= manifest.expires:
+            record["rollback_target_expired"] = format_time(manifest.expires)
+        return None
+
     # --- advisories -----------------------------------------------------------------------------
     def add_advisory(self, name: str, who: str, label: Any, envelope: Any) -> dict[str, Any]:
         self.plugin(name, who=who, action="advisory")
@@ -532,7 +624,13 @@ class Agent:
         if status == "recorded":
             write_json(path, {"label": label, "envelope": envelope, "received_at": utcnow(),
                               "who": who})
-        floor, advisory = self.security_floor(name)
+        try:
+            floor, advisory = self.security_floor(name)
+        except AdvisoryUnreadable as exc:  # this label is kept; the floor stays unknown
+            self.store.append_history(name, {**record, "result": status, "floor": None,
+                                             "problem": str(exc)})
+            return {"status": status, "name": name, "label_id": checked.label_id,
+                    "floor": None, "floor_advisory": None, "floor_problem": str(exc)}
         self.store.append_history(name, {**record, "result": status, "floor": floor})
         return {"status": status, "name": name, "label_id": checked.label_id,
                 "floor": floor, "floor_advisory": advisory}

@@ -125,6 +125,10 @@ def rollback(
     manifest: Path = MANIFEST_ARG,
     stage: str | None = typer.Option(None, "--stage", help="Only this stage's nodes."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print what would be rolled back."),
+    allow_expired: bool = typer.Option(
+        False, "--allow-expired",
+        help="Go back even where the previous version's signed manifest has expired since "
+             "it ran (each agent records the override)."),
     label: list[Path] = LABEL_OPTION,
     config: Path | None = CONFIG_OPTION,
     now: str | None = NOW_OPTION,
@@ -134,7 +138,7 @@ def rollback(
     from hotrelease.fleet import FleetSession
 
     session = FleetSession.open(manifest, config=config, now=parse_now(now), labels=label)
-    result = session.rollback(stage=stage, dry_run=dry_run)
+    result = session.rollback(stage=stage, dry_run=dry_run, allow_expired=allow_expired)
     if json_out:
         emit_json(result)
     else:
@@ -144,7 +148,10 @@ def rollback(
                        + (f" ({item['detail']})" if item.get("detail") else ""))
     failed = [item["node"] for item in result["nodes"] if item["result"] == "failed"]
     if failed:
-        info(f"hotrelease: error: rollback refused or failed on {', '.join(failed)}")
+        expired = any("allow_expired" in str(item.get("detail")) for item in result["nodes"])
+        info(f"hotrelease: error: rollback refused or failed on {', '.join(failed)}"
+             + ("; the previous version's manifest has expired: --allow-expired goes back "
+                "anyway" if expired else ""))
         raise typer.Exit(EXIT_REFUSED)
 
 
