@@ -24,7 +24,7 @@ _BY_CODE: dict[str, type[E.HotreleaseError]] = {
         E.SizeMismatchError, E.ExpiredError, E.IdentityMismatchError, E.UnsafeArchiveError,
         E.VerificationError)
 }
-_POLICY_CODES = {"downgrade", "below_security_floor"}
+_POLICY_CODES = {"downgrade", "below_security_floor", "advisory_unreadable"}
 
 
 class AgentError(E.HotreleaseError):

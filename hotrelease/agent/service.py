@@ -319,6 +319,7 @@ class Agent:
                 return {"status": "unchanged", **existing}
             os.rename(staged, target)
             fsync_dir(parent)
+            crash_point("upload.stored")
         self.store.append_history(name, {**record, "result": "stored",
                                          "bundle_size": manifest.bundle.size})
         info = self.release_info(name, manifest.version)

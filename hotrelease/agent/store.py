@@ -2,7 +2,7 @@
 
 Layout below `data_dir` (see docs/agent.md):
 
-    releases/<name>/<version>/manifest.json       exact signed manifest bytes as uploaded
+    releases/<name>/<version>/manifest.json       the verified manifest, re-serialized
     releases/<name>/<version>/manifest.json.sig   its envelope
     releases/<name>/<version>/files/...           the extracted bundle (files read-only)
     plugins/<name>/current -> ../../releases/<name>/<version>   (relative symlink)
@@ -10,6 +10,7 @@ Layout below `data_dir` (see docs/agent.md):
     plugins/<name>/journal.json                   only while a switch is in progress
     plugins/<name>/history.jsonl                  append-only audit records
     plugins/<name>/advisories/*.json              security labels seen (floor never drops)
+    hooks/<pgid>.json                             one record per command hook running
     tmp/                                          partial uploads; wiped at start-up
     agent-history.jsonl                           refusals not tied to a configured plugin
     agent.lock                                    flock: one agent per data dir
@@ -39,6 +40,7 @@ CRASH_POINTS = (
     "upload.verified",  # bundle verified, nothing extracted yet
     "upload.extracting",  # after the first file was extracted
     "upload.extracted",  # extracted and fsynced, before the rename into releases/
+    "upload.stored",  # renamed into releases/, no history record yet
     "switch.journal",  # journal written, `current` untouched
     "switch.temp_symlink",  # temp symlink created, not renamed yet
     "switch.swapped",  # `current` renamed, reload hook not run yet
@@ -283,12 +285,13 @@ class Store:
         return record
 
     def read_history(self, name: str, limit: int) -> list[dict[str, Any]]:
+        """The last `limit` records (0: all of them)."""
         path = self.plugins / name / "history.jsonl"
         if not path.exists():
             return []
         lines = path.read_bytes().splitlines()
         out = []
-        for line in lines[-limit:] if limit else []:
+        for line in lines[-limit:] if limit else lines:
             try:
                 out.append(json.loads(line))
             except ValueError:  # a torn last line after a power cut: skip it
