@@ -25,7 +25,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from hotrelease import __version__
-from hotrelease.agent.auth import Unauthorized, authenticate
+from hotrelease.agent.auth import TokenEntry, Unauthorized, authenticate
+from hotrelease.agent.hooks import AgentStopping
 from hotrelease.agent.service import (
     MANIFEST_HEADER,
     SIGNATURE_HEADER,
@@ -50,11 +51,29 @@ from hotrelease.versioning import MAX_VERSION_LENGTH
 
 _bearer = HTTPBearer(auto_error=False, description="Bearer token (stored hashed in agent.toml)")
 
+# Set in a request's scope by the server (server.py) when it cut the body for time; the
+# value is the message. `RequestGuard` turns it into BodyTimeout at the app's next read.
+CUT_SCOPE_KEY = "hotrelease.body_cut"
+PUBLIC_PATHS = frozenset({"/v1/health", "/v1/openapi.json"})
+
+
+class BodyTimeout(HTTPException):
+    """Raised by a read of a body the server cut for time. An HTTPException, so FastAPI's
+    JSON body parsing re-raises it as it is."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(408, message)
+
+
+class RequestTimeout(HotreleaseError):
+    code = "body_timeout"
+
 
 def status_for(exc: HotreleaseError) -> int:
-    for cls, status in ((Unauthorized, 401), (TooLarge, 413), (NotFound, 404),
-                        (Conflict, 409), (PolicyError, 409), (VerificationError, 422),
-                        (BadRequest, 400), (UsageError, 400), (AgentFailure, 500)):
+    for cls, status in ((Unauthorized, 401), (RequestTimeout, 408), (TooLarge, 413),
+                        (NotFound, 404), (Conflict, 409), (PolicyError, 409),
+                        (VerificationError, 422), (BadRequest, 400), (UsageError, 400),
+                        (AgentFailure, 500), (AgentStopping, 503)):
         if isinstance(exc, cls):
             return status
     return 400
@@ -81,15 +100,21 @@ class ErrorBody(BaseModel):
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": text} for status, text in (
         (400, "Bad request: bad_name, bad_version, incomplete_upload"),
-        (401, "Missing or invalid bearer token (unauthorized)"),
+        (401, "Missing or invalid bearer token (unauthorized), checked before any byte of "
+              "the body is read"),
         (404, "unknown_plugin, not_stored, not_found"),
+        (408, "header_timeout (headers too slow), body_timeout (body too slow; a partial "
+              "upload is removed)"),
         (409, "version_conflict, activation_in_progress, nothing_to_roll_back, downgrade, "
-              "below_security_floor"),
+              "below_security_floor, advisory_unreadable, approval_required, "
+              "precheck_failed"),
         (413, "too_large"),
         (422, "Verification failed (bad_manifest, bad_signature, threshold_not_met, "
               "digest_mismatch, size_mismatch, expired, identity_mismatch, unsafe_archive) "
               "or a malformed request body (bad_request)"),
-        (500, "internal"))}
+        (431, "header_too_large: request line and headers over [agent] max_header_bytes"),
+        (500, "internal"),
+        (503, "too_many_connections: [agent] max_connections are open (Retry-After: 1)"))}
 
 
 # Versions are not bounded here: the one version check (`versioning.parse_version`) runs
@@ -117,7 +142,12 @@ class RollbackRequest(BaseModel):
     release_id: str | None = _Text
     pipeline_url: str | None = _Text
     reason: str | None = _Text
-    approval: dict[str, Any] | None = None
+    approval: dict[str, Any] | None = Field(
+        default=None, description="Approval document + envelope: required (on a node with "
+        "approver keys) to roll to a version this node never ran")
+    allow_expired: bool = Field(
+        default=False, description="Roll back to a version this node ran before even though "
+        "its manifest has expired (recorded in history)")
 
 
 class ApprovalRequest(BaseModel):
@@ -168,8 +198,8 @@ class _StrictJSONRequest(Request):
 class StrictJSONRoute(APIRoute):
     """Every JSON request body is parsed by `canonical.strict_loads`: duplicate keys, nesting
     deeper than MAX_JSON_DEPTH, NaN, invalid UTF-8 or lone surrogates are a 422 bad_request
-    before any handler runs (a body is parsed before the token is checked, so nothing is
-    recorded in history for it), never a RecursionError."""
+    before any handler runs (after `RequestGuard` checked the token; nothing is recorded in
+    history for it), never a RecursionError."""
 
     def get_route_handler(self) -> Any:
         handler = super().get_route_handler()
@@ -212,6 +242,62 @@ class JsonBodyLimit:
         await self.app(scope, limited, send)
 
 
+class RequestGuard:
+    """ASGI middleware, outermost. (1) The token first: a request for anything but
+    PUBLIC_PATHS without a valid bearer token is answered 401 before any byte of its body is
+    read, so a malformed, oversize or endless body without a token gets the same 401 as any
+    other (routes still name the caller with `who`). (2) A body the server cut for time
+    (CUT_SCOPE_KEY) raises BodyTimeout in whoever reads it next."""
+
+    def __init__(self, app: Any, tokens: list[TokenEntry]) -> None:
+        self.app = app
+        self.tokens = tokens
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if scope["path"] not in PUBLIC_PATHS:
+            header = next((v for k, v in scope["headers"] if k == b"authorization"), None)
+            try:
+                authenticate(None if header is None else header.decode("latin-1"),
+                             self.tokens)
+            except Unauthorized as exc:
+                await error_response(401, exc.code, str(exc))(scope, receive, send)
+                return
+
+        async def guarded() -> Any:
+            message = await receive()
+            cut = (scope.get("extensions") or {}).get(CUT_SCOPE_KEY)
+            if cut:
+                raise BodyTimeout(cut)
+            return message
+
+        await self.app(scope, guarded, send)
+
+
+_CUT_ACTIONS = {"releases": "upload", "activate": "activate", "rollback": "rollback",
+                "advisories": "advisory", "approvals": "approval"}
+
+
+def _record_cut(agent: Agent, request: Request, exc: BodyTimeout) -> None:
+    """A body cut on a configured plugin's route is a refusal in that plugin's history (the
+    token was checked before the body was read)."""
+    name = request.path_params.get("name")
+    parts = request.url.path.split("/")  # "", "v1", "plugins", name, what, ...
+    action = _CUT_ACTIONS.get(parts[4]) if len(parts) > 4 else None
+    if action is None or name not in agent.config.plugins:
+        return
+    try:
+        who = authenticate(request.headers.get("authorization"), agent.config.tokens)
+    except Unauthorized:
+        return
+    record: dict[str, Any] = {"action": action, "who": who}
+    if request.path_params.get("version"):
+        record["version"] = str(request.path_params["version"])[:MAX_VERSION_LENGTH]
+    agent.refuse(name, record, RequestTimeout(str(exc.detail)))
+
+
 def create_app(agent: Agent) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -224,6 +310,7 @@ def create_app(agent: Agent) -> FastAPI:
     app.state.agent = agent
     app.router.route_class = StrictJSONRoute
     app.add_middleware(JsonBodyLimit)
+    app.add_middleware(RequestGuard, tokens=agent.config.tokens)  # outermost: token first
     cap = agent.config.max_upload_bytes
 
     def who(request: Request, _cred: Any = Security(_bearer)) -> str:
@@ -243,6 +330,11 @@ def create_app(agent: Agent) -> FastAPI:
                                   f"no duplicate keys, at most {MAX_JSON_DEPTH} levels)")
         where = ".".join(str(p) for p in first.get("loc", ()))
         return error_response(422, "bad_request", f"{where}: {first.get('msg', 'invalid')}")
+
+    @app.exception_handler(BodyTimeout)
+    async def _body_timeout(request: Request, exc: BodyTimeout) -> JSONResponse:
+        await run_in_threadpool(_record_cut, agent, request, exc)
+        return error_response(408, RequestTimeout.code, str(exc.detail))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -335,7 +427,8 @@ def create_app(agent: Agent) -> FastAPI:
     def rollback(name: str, body: RollbackRequest | None = None,
                  caller: str = Depends(who)) -> dict[str, Any]:
         body = body or RollbackRequest()
-        meta = Meta(body.stage, body.release_id, body.pipeline_url, body.approval, body.reason)
+        meta = Meta(body.stage, body.release_id, body.pipeline_url, body.approval, body.reason,
+                    allow_expired=body.allow_expired)
         return agent.activate(name, body.version, caller, meta,  # type: ignore[arg-type]
                               rollback=True)
 
@@ -356,9 +449,14 @@ def create_app(agent: Agent) -> FastAPI:
 
 def _plugin_view(agent: Agent, name: str) -> dict[str, Any]:
     state = agent.store.load_state(name)
-    floor, advisory = agent.security_floor(name)
+    problem = None
+    try:
+        floor, advisory = agent.security_floor(name)
+    except HotreleaseError as exc:  # unreadable advisory: the floor is unknown, say so
+        floor, advisory, problem = None, None, str(exc)
     return {**state, "name": name, "stored": agent.store.stored_versions(name),
             "security_floor": floor, "security_floor_advisory": advisory,
+            **({"security_floor_problem": problem} if problem else {}),
             "current_link": agent.store.read_current(name),
             "in_progress": agent.in_progress(name)}
 
@@ -372,7 +470,7 @@ async def _drain(request: Request, limit: int) -> None:
             seen += len(chunk)
             if seen > limit:
                 return
-    except ClientDisconnect:
+    except (ClientDisconnect, BodyTimeout):  # the refusal already recorded is the answer
         return
 
 

@@ -69,6 +69,22 @@ class TlsConfig:
     client_ca: Path | None  # set -> client certificates required (mTLS, CERT_REQUIRED)
 
 
+@dataclass(frozen=True)
+class HttpLimits:
+    """[agent] bounds on the HTTP layer, enforced by `agent/server.py` (docs/agent.md)."""
+
+    max_header_bytes: int = 512 * 1024  # request line + headers; a 256 KiB manifest fits
+    header_timeout: float = 30.0  # first byte of a request to the end of its headers
+    body_timeout: float = 30.0  # window: each one must bring body_min_rate x window bytes
+    body_min_rate: int = 1024  # bytes per second, averaged over each body_timeout window
+    keep_alive_timeout: float = 5.0  # idle connection (before a request or between two)
+    max_connections: int = 2048  # more are answered 503 at once (lowered to fit the fd limit)
+    shutdown_timeout: float = 30.0  # graceful stop: requests under way get this long
+
+
+DEFAULT_HTTP_LIMITS = HttpLimits()
+
+
 @dataclass
 class AgentConfig:
     source: Path
@@ -87,6 +103,7 @@ class AgentConfig:
     approval_threshold: int = 1
     node_name: str | None = None  # matched against the node list of a stage approval
     extract_limits: ExtractLimits = DEFAULT_LIMITS  # [agent] max_extracted_bytes, ...
+    http_limits: HttpLimits = DEFAULT_HTTP_LIMITS  # [agent] max_header_bytes, ...
 
 
 def _extract_limits(t: Table) -> ExtractLimits:
@@ -100,6 +117,27 @@ def _extract_limits(t: Table) -> ExtractLimits:
                               max=PATH_MAX - 1 - PATH_HEADROOM),
         max_pax_header_bytes=t.int("max_pax_header_bytes", d.max_pax_header_bytes, min=512,
                                    max=16 * 1024 * 1024))
+
+
+def _http_limits(t: Table) -> HttpLimits:
+    """The agent's bounds on connections, request heads and request bodies."""
+    d = DEFAULT_HTTP_LIMITS
+
+    def seconds(key: str, default: float, low: float) -> float:
+        value = t.float(key, default, min=low)
+        if not value <= 3600:  # also refuses nan and inf
+            raise t.error(key, f"expected a number of seconds <= 3600, got {value}")
+        return value
+
+    return HttpLimits(
+        max_header_bytes=t.int("max_header_bytes", d.max_header_bytes, min=4096,
+                               max=64 * 1024 * 1024),
+        header_timeout=seconds("header_timeout", d.header_timeout, 0.1),
+        body_timeout=seconds("body_timeout", d.body_timeout, 0.1),
+        body_min_rate=t.int("body_min_rate", d.body_min_rate, min=0, max=1024 * 1024 * 1024),
+        keep_alive_timeout=seconds("keep_alive_timeout", d.keep_alive_timeout, 0.1),
+        max_connections=t.int("max_connections", d.max_connections, min=1, max=1_000_000),
+        shutdown_timeout=seconds("shutdown_timeout", d.shutdown_timeout, 0.0))
 
 
 def _path(base: Path, value: str) -> Path:
@@ -202,6 +240,7 @@ def load_agent_config(path: Path) -> AgentConfig:
     max_upload = agent.int("max_upload_bytes", DEFAULT_MAX_UPLOAD, min=1)
     node_name = agent.str("node_name", None)
     extract_limits = _extract_limits(agent)
+    http_limits = _http_limits(agent)
     agent.finish()
 
     trust = root.table("trust", required=True)
@@ -266,4 +305,5 @@ def load_agent_config(path: Path) -> AgentConfig:
         raise ConfigError(f"{path}: plugins: configure at least one [plugins.<name>] slot")
     return AgentConfig(path, data_dir, listen, port, max_upload, trusted, threshold,
                        security_keys, security_threshold, tokens, plugins, tls,
-                       approval_keys, approval_threshold, node_name, extract_limits)
+                       approval_keys, approval_threshold, node_name, extract_limits,
+                       http_limits)

@@ -23,12 +23,15 @@ def serve(
     port: int = typer.Option(None, "--port", help="Override [agent] port."),
 ) -> None:
     """Recover from any interrupted switch, then serve the agent API."""
+    import dataclasses
     import ssl
+    from typing import Any
 
     import uvicorn
 
     from hotrelease.agent.app import create_app
     from hotrelease.agent.config import load_agent_config
+    from hotrelease.agent.server import fit_connections, protocol_for
     from hotrelease.agent.service import Agent
 
     cfg = load_agent_config(config)
@@ -44,11 +47,20 @@ def serve(
         if cfg.tls.client_ca is not None:
             ssl_options.update(ssl_ca_certs=str(cfg.tls.client_ca),
                                ssl_cert_reqs=ssl.CERT_REQUIRED)
+    cap, note = fit_connections(cfg.http_limits.max_connections)
+    if note:
+        info(f"hotrelease agent: {note}")
+    limits = dataclasses.replace(cfg.http_limits, max_connections=cap)
     scheme = "https" if cfg.tls else "http"
     info(f"hotrelease agent: serving {scheme}://{cfg.listen}:{cfg.port} "
-         f"(data dir {cfg.data_dir})")
-    uvicorn.run(app, host=cfg.listen, port=cfg.port, http="httptools", log_level="warning",
-                access_log=False, server_header=False, **ssl_options)  # type: ignore[arg-type]
+         f"(data dir {cfg.data_dir}, at most {cap} connections)")
+    # httptools with the bounds of server.py (uvicorn's own limit_concurrency is not set:
+    # the cap is enforced when a connection is accepted, not once its headers are in).
+    options: dict[str, Any] = {
+        "timeout_keep_alive": limits.keep_alive_timeout,
+        "timeout_graceful_shutdown": limits.shutdown_timeout, **ssl_options}
+    uvicorn.run(app, host=cfg.listen, port=cfg.port, http=protocol_for(limits), ws="none",
+                log_level="warning", access_log=False, server_header=False, **options)
 
 
 @agent_app.command("hash-token")
