@@ -511,6 +511,18 @@ def raw_upload(agent: AgentProcess, name: str, version: str, manifest: Path | by
                         headers=h, timeout=30)
 
 
+def with_active_release(agent: AgentProcess, build_plugin) -> AgentProcess:
+    """greeter 1.0.0 stored and active on `agent`; `agent.base` is it, `agent.next` a signed
+    1.1.0 ready to upload."""
+    base = build_plugin("1.0.0")
+    client = agent.client()
+    assert client.upload(base.manifest)["status"] == "stored"
+    assert client.activate("greeter", "1.0.0")["result"] == "activated"
+    agent.base = base  # type: ignore[attr-defined]
+    agent.next = build_plugin("1.1.0")  # type: ignore[attr-defined]
+    return agent
+
+
 def hosted_agent(make_agent, *, health: str | None = None, reload: str = "url",
                  security_keys=(), min_healthy: float = 0.2):
     """An agent whose greeter slot reloads the pyhost and checks its /health URL (healthy

@@ -239,6 +239,11 @@ def test_sigterm_during_recovery_stops_the_running_hook(make_agent, build_plugin
     assert registry_files(agent) == []
     # The journal is still there: the next start recovers, with a hook that finishes.
     assert (agent.data_dir / "plugins" / "greeter" / "journal.json").exists()
+    restart_recovers_undone(agent, hooks)
+
+
+def restart_recovers_undone(agent, hooks) -> None:
+    """The next start (with a hook that finishes) undoes the switch that was cut off."""
     hooks.delay(0)
     agent.start()
     state = agent.client().plugin("greeter")
@@ -292,12 +297,7 @@ def test_sigterm_past_the_graceful_stop_kills_the_hook_and_keeps_the_journal(
     assert len(hooks.started()) == len(before) + 1  # no rollback reload started meanwhile
     assert len(agent.history()) == count  # nothing judged: no activated, no rolled_back
     assert (agent.data_dir / "plugins" / "greeter" / "journal.json").exists()
-    hooks.delay(0)
-    agent.start()
-    state = agent.client().plugin("greeter")
-    assert state["current"] == state["current_link"] == "1.0.0"
-    last = agent.history()[-1]
-    assert (last["action"], last["result"]) == ("recover", "undone")
+    restart_recovers_undone(agent, hooks)
 
 
 def test_terminate_running_hooks_kills_their_groups_and_refuses_new_ones(

@@ -21,7 +21,7 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
-from conftest import agent_toml, craft_release, raw_upload
+from conftest import agent_toml, craft_release, raw_upload, with_active_release
 
 from hotrelease.agent import store as store_module
 from hotrelease.agent.config import load_agent_config
@@ -114,12 +114,7 @@ assert len(AT_NAME_MAX_UTF8.encode()) == 255
 def node(make_agent, build_plugin):
     """An agent with greeter 1.0.0 stored and active, and a signed 1.1.0 to re-sign."""
     agent = make_agent(max_upload=8 * MiB)
-    base = build_plugin("1.0.0")
-    client = agent.client()
-    assert client.upload(base.manifest)["status"] == "stored"
-    assert client.activate("greeter", "1.0.0")["result"] == "activated"
-    agent.next = build_plugin("1.1.0")
-    return agent
+    return with_active_release(agent, build_plugin)
 
 
 def signed(node, out: Path, bundle: Path, files: list[dict] | None = None):

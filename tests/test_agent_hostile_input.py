@@ -15,7 +15,14 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import AGENT_TOKEN, craft_release, node_snapshot, raw_upload, read_history
+from conftest import (
+    AGENT_TOKEN,
+    craft_release,
+    node_snapshot,
+    raw_upload,
+    read_history,
+    with_active_release,
+)
 
 from hotrelease.canonical import MAX_JSON_DEPTH, JSONInputError, pretty_bytes, strict_loads
 from hotrelease.errors import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, VersionError
@@ -144,13 +151,7 @@ def node(make_agent, build_plugin, security_key):
     """greeter 1.0.0 stored and active, a signed 1.1.0 ready to upload; security keys set."""
     agent = make_agent(plugins="[plugins.greeter]\n[plugins.other]\n", max_upload=64 * 1024,
                        security_keys=[security_key.public])
-    base = build_plugin("1.0.0")
-    client = agent.client()
-    assert client.upload(base.manifest)["status"] == "stored"
-    assert client.activate("greeter", "1.0.0")["result"] == "activated"
-    agent.base = base
-    agent.next = build_plugin("1.1.0")
-    return agent
+    return with_active_release(agent, build_plugin)
 
 
 def manifest_doc(release) -> dict:

@@ -19,7 +19,15 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import AGENT_TOKEN, AgentProcess, agent_toml, free_port, raw_upload, wait_until
+from conftest import (
+    AGENT_TOKEN,
+    AgentProcess,
+    agent_toml,
+    free_port,
+    raw_upload,
+    wait_until,
+    with_active_release,
+)
 
 from hotrelease.agent.config import DEFAULT_HTTP_LIMITS, load_agent_config
 from hotrelease.errors import ConfigError
@@ -44,12 +52,7 @@ def limited_agent(make_agent, **overrides: object) -> AgentProcess:
 def node(make_agent, build_plugin):
     """A limited agent with greeter 1.0.0 stored and active, a signed 1.1.0 ready."""
     agent = limited_agent(make_agent)
-    base = build_plugin("1.0.0")
-    client = agent.client()
-    assert client.upload(base.manifest)["status"] == "stored"
-    assert client.activate("greeter", "1.0.0")["result"] == "activated"
-    agent.next = build_plugin("1.1.0")
-    return agent
+    return with_active_release(agent, build_plugin)
 
 
 # --- raw HTTP on a socket -------------------------------------------------------------------

@@ -13,8 +13,7 @@ from conftest import craft_release, hosted_agent
 from test_agent_activate import make_label
 from test_agent_gates import approval_for, gated_agent
 
-from hotrelease.agent.client import AgentError
-from hotrelease.errors import HotreleaseError
+from hotrelease.errors import HotreleaseError, PolicyError
 
 
 def refused(agent, call, code: str) -> HotreleaseError:
@@ -92,11 +91,16 @@ def test_without_approver_keys_a_rollback_to_any_stored_version_works(make_agent
 # --- 7. trust and expiry again at every switch ------------------------------------------------
 
 
-def test_a_release_whose_key_was_removed_is_not_activated(make_agent, build_plugin,
-                                                          make_key, tmp_path) -> None:
+@pytest.fixture
+def rotation(make_agent, make_key):
+    """An agent trusting two release keys, the first of which is about to be rotated out."""
     old_key, new_key = make_key("retired"), make_key("current")
-    agent = make_agent(start=False, release_keys=[old_key.public, new_key.public])
-    agent.start()
+    return make_agent(release_keys=[old_key.public, new_key.public]), old_key, new_key
+
+
+def test_a_release_whose_key_was_removed_is_not_activated(rotation, build_plugin,
+                                                          tmp_path) -> None:
+    agent, old_key, new_key = rotation
     stale = build_plugin("1.1.0", key=old_key, out=tmp_path / "stale")
     fresh = build_plugin("1.2.0", key=new_key, out=tmp_path / "fresh")
     with agent.client() as client:
@@ -110,11 +114,9 @@ def test_a_release_whose_key_was_removed_is_not_activated(make_agent, build_plug
         assert client.activate("greeter", "1.2.0")["result"] == "activated"
 
 
-def test_a_rollback_to_a_release_whose_key_was_removed_is_refused(make_agent, build_plugin,
-                                                                  make_key, tmp_path) -> None:
-    old_key, new_key = make_key("retired"), make_key("current")
-    agent = make_agent(start=False, release_keys=[old_key.public, new_key.public])
-    agent.start()
+def test_a_rollback_to_a_release_whose_key_was_removed_is_refused(rotation, build_plugin,
+                                                                  tmp_path) -> None:
+    agent, old_key, new_key = rotation
     with agent.client() as client:
         for version, key in (("1.0.0", old_key), ("1.1.0", new_key), ("1.2.0", new_key)):
             release = build_plugin(version, key=key, out=tmp_path / version)
@@ -291,5 +293,6 @@ def test_an_advisory_arriving_beside_an_unreadable_one_is_kept(floored) -> None:
     assert answer["status"] == "recorded" and answer["floor"] is None
     assert "not an advisory record" in answer["floor_problem"]
     assert len(advisory_files(floored)) == 2
-    with pytest.raises(AgentError):
+    with pytest.raises(PolicyError) as info:  # the floor is still unknown
         floored.client().activate("greeter", "1.2.0")
+    assert info.value.code == "advisory_unreadable"

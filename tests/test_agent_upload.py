@@ -13,20 +13,14 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from conftest import AGENT_TOKEN, craft_release, raw_upload, wait_until
+from conftest import AGENT_TOKEN, craft_release, raw_upload, wait_until, with_active_release
 
 
 @pytest.fixture
 def node(make_agent, build_plugin):
     """An agent with greeter 1.0.0 stored and active, and a signed 1.1.0 ready to upload."""
     agent = make_agent(plugins="[plugins.greeter]\n[plugins.other]\n", max_upload=64 * 1024)
-    base = build_plugin("1.0.0")
-    client = agent.client()
-    assert client.upload(base.manifest)["status"] == "stored"
-    assert client.activate("greeter", "1.0.0")["result"] == "activated"
-    agent.base = base
-    agent.next = build_plugin("1.1.0")
-    return agent
+    return with_active_release(agent, build_plugin)
 
 
 def assert_refused(agent, response, status: int, code: str, before: dict,
