@@ -28,6 +28,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_ingest import (  # noqa: E402
@@ -153,7 +154,7 @@ def watch_closes(socks: list[socket.socket], start: float, give_up: float) -> li
             sel.register(sock, selectors.EVENT_READ)
         while len(closed) < len(socks) and time.monotonic() < deadline:
             for key, _ in sel.select(0.2):
-                sock = key.fileobj
+                sock = cast(socket.socket, key.fileobj)  # registered above: a socket
                 assert isinstance(sock, socket.socket)
                 try:
                     data = sock.recv(4096)
@@ -223,7 +224,7 @@ def main() -> None:
         generate_keypair(work / "release")
         key, pub = work / "release.key", work / "release.pub"
         src = (REPO / "examples" / "python-plugin" / "src")
-        files = {p.name: p for p in src.iterdir() if p.is_file()}
+        files: dict[str, Path | bytes] = {p.name: p for p in src.iterdir() if p.is_file()}
         releases = {v: make_release(work, key, "greeter", v, files)
                     for v in ("1.0.0", "1.0.1", "1.0.2")}
         proc, url, data = start_agent(work, pub, limits)

@@ -38,6 +38,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
 MiB = 1 << 20
@@ -97,7 +98,11 @@ def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[obje
     sys.stdout.flush()
 
 
-def timed(fn: Callable[[], object]) -> tuple[float, object]:
+T = TypeVar("T")
+
+
+def timed(fn: Callable[..., T]) -> tuple[float, T]:
+    """fn is called with no arguments (`...`: lambdas that bind loop variables as defaults)."""
     t0 = time.perf_counter()
     result = fn()
     return time.perf_counter() - t0, result
@@ -235,6 +240,7 @@ def bench_checksum(tmp: Path, args: argparse.Namespace) -> None:
         tools["sha256sum (coreutils)"] = lambda: _ext_digest([sha256sum], big_path)
     # External tools are timed as whole processes: subtract their start-up cost (median of a
     # run on an empty file) so that the comparison is hashing against hashing.
+    cmd: list[str | None] | Callable[[Path], list[str]]  # a command here, a maker in 1c
     for name, cmd in (("openssl dgst -sha256", [openssl, "dgst", "-sha256"]),
                       ("sha256sum (coreutils)", [sha256sum])):
         if name in tools:
@@ -268,7 +274,7 @@ def bench_checksum(tmp: Path, args: argparse.Namespace) -> None:
                 [f"Goal >= 0.9x openssl: {verdict}. Digests agree: {agree}."])
 
     # Chunk-size sweep of the same readinto loop, plus hashlib.file_digest (256 KiB buffer).
-    sweep: dict[str, Callable[[], str]] = {
+    sweep: dict[str, Callable[..., str]] = {  # called with no arguments
         f"readinto {c // 1024} KiB{' (current CHUNK)' if c == chunk else ''}":
             (lambda c=c: _sha256_chunked(big_path, c))
         for c in (64 * 1024, 256 * 1024, MiB, 4 * MiB, 16 * MiB)
@@ -421,7 +427,7 @@ def _tar_gzip(src: Path, out: Path) -> None:
 
 
 def _tarfile(src: Path, out: Path, level: int | None) -> None:
-    kw = {} if level is None else {"compresslevel": level}
+    kw: dict[str, Any] = {} if level is None else {"compresslevel": level}
     with tarfile.open(out, "w:gz", **kw) as tar:
         tar.add(str(src), arcname=".")
 
@@ -543,7 +549,7 @@ def bench_startup(args: argparse.Namespace) -> None:
             if i >= 2:
                 times[name].append(time.perf_counter() - t0)
     base = median(times["python -c pass"])
-    rows = []
+    rows: list[list[object]] = []
     for name, _, goal in cmds:
         ts = times[name]
         verdict = ("ok" if median(ts) < 0.2 else "MISSED") if goal else ""

@@ -260,7 +260,7 @@ class Project:
         (self.path / ".gitignore").write_text("dist/\n__pycache__/\n")
         self.base = (self.path / "hotrelease.toml").read_text()
         run(["git", "init", "-q", "-b", "main", str(self.path)])
-        self.settings: tuple[int, int] | None = None
+        self.settings: tuple[float, int] | None = None
 
     def configure(self, mib: float, concurrency: int) -> None:
         if self.settings == (mib, concurrency):

@@ -8,10 +8,11 @@ import random
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
@@ -232,8 +233,11 @@ def free_port() -> int:
     raise RuntimeError("no free loopback port below the ephemeral range")
 
 
-def wait_until(predicate: Callable[[], object], timeout: float = 20.0,
-               what: str = "condition") -> object:
+_T = TypeVar("_T")
+
+
+def wait_until(predicate: Callable[[], _T | None], timeout: float = 20.0,
+               what: str = "condition") -> _T:
     """Bounded polling: returns the first truthy value, fails the test at the deadline."""
     import time
 
@@ -278,6 +282,14 @@ def read_history(data_dir: Path, name: str = "greeter") -> list[dict]:
 class AgentProcess:
     """One `hotrelease agent serve` subprocess and its config/data dir."""
 
+    # Set by the helpers and fixtures that prepare an agent (with_active_release,
+    # hosted_agent, per-file fixtures); declared here for mypy only, absent until set.
+    base: SignedRelease
+    next: SignedRelease
+    releases: dict[str, SignedRelease]
+    host: PyHost
+    security: KeyPair
+
     def __init__(self, root: Path, config_text: str, port: int, scheme: str = "http",
                  env: dict[str, str] | None = None) -> None:
         self.root = root
@@ -289,7 +301,7 @@ class AgentProcess:
         self.env = env or {}
         self.proc: subprocess.Popen | None = None
         self.log = root / "agent.log"
-        self.ready_kwargs: dict[str, object] = {"verify": False}  # e.g. cert= for mTLS
+        self.ready_kwargs: dict[str, Any] = {"verify": False}  # e.g. cert= for mTLS
 
     def start(self, env: dict[str, str] | None = None, wait: bool = True) -> AgentProcess:
         full_env = {k: v for k, v in os.environ.items() if k != "HOTRELEASE_AGENT_CRASH_AT"}
@@ -341,7 +353,7 @@ class AgentProcess:
 
 
 def agent_toml(data_dir: Path, port: int, release_keys: list[Path], *,
-               security_keys: list[Path] = (), approval_keys: list[Path] = (),
+               security_keys: Sequence[Path] = (), approval_keys: Sequence[Path] = (),
                threshold: int = 1,
                max_upload: int = 64 * 1024 * 1024, plugins: str | None = None,
                extra: str = "") -> str:
@@ -417,8 +429,8 @@ def make_agent(tmp_path: Path, build_plugin):
     counter = iter(range(1000))
 
     def make(*, plugins: str | None = None, start: bool = True, extra: str = "",
-             release_keys: list[Path] | None = None, security_keys: list[Path] = (),
-             approval_keys: list[Path] = (), threshold: int = 1,
+             release_keys: list[Path] | None = None, security_keys: Sequence[Path] = (),
+             approval_keys: Sequence[Path] = (), threshold: int = 1,
              max_upload: int = 64 * 1024 * 1024, scheme: str = "http",
              env: dict[str, str] | None = None, root: Path | None = None) -> AgentProcess:
         root = root or tmp_path / f"agent{next(counter)}"
@@ -518,8 +530,8 @@ def with_active_release(agent: AgentProcess, build_plugin) -> AgentProcess:
     client = agent.client()
     assert client.upload(base.manifest)["status"] == "stored"
     assert client.activate("greeter", "1.0.0")["result"] == "activated"
-    agent.base = base  # type: ignore[attr-defined]
-    agent.next = build_plugin("1.1.0")  # type: ignore[attr-defined]
+    agent.base = base
+    agent.next = build_plugin("1.1.0")
     return agent
 
 

@@ -50,7 +50,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from hotrelease.agent.app import status_for
 from hotrelease.agent.client import error_from_response
@@ -544,7 +544,7 @@ class _Call:
             self.agent._lock.release()
             raise
 
-    def __exit__(self, typ: Any, exc: Any, tb: Any) -> bool:
+    def __exit__(self, typ: Any, exc: Any, tb: Any) -> Literal[False]:
         self.agent._lock.release()
         if isinstance(exc, HotreleaseError) and not isinstance(exc, UnreachableError):
             raise self.agent._as_client_error(exc) from None

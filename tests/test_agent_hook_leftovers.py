@@ -73,6 +73,13 @@ time.sleep(delay)
 '''
 
 
+def proc_start_time(pid: int) -> int:
+    """The start time (clock ticks since boot) of a process the test knows exists."""
+    stat = _proc_stat(pid)
+    assert stat is not None
+    return stat[2]
+
+
 def alive(pid: int | None) -> bool:
     if not pid:
         return False
@@ -106,7 +113,7 @@ class Hooks:
                 if pid not in before and (version is None or info["version"] == version):
                     return info
             return None
-        return wait_until(new, 30, "a hook to start")  # type: ignore[return-value]
+        return wait_until(new, 30, "a hook to start")
 
     def acted(self, info: dict) -> bool:
         return ((self.dir / f"done-{info['pid']}").exists()
@@ -188,8 +195,8 @@ def test_sigkilled_agent_leftover_hook_is_stopped_before_recovery(make_agent, bu
     assert record["pid"] == record["pgid"] == leftover["pid"] == leftover["pgid"]
     assert record["argv"] == hooks.argv(agent.data_dir / "hooks")
     assert record["plugin"] == "greeter" and record["kind"] == "reload"
-    assert record["version"] == "1.1.0" and record["start_time"] == _proc_stat(
-        leftover["pid"])[2]
+    assert record["version"] == "1.1.0" and record["start_time"] == proc_start_time(
+        leftover["pid"])
 
     hooks.delay(0)
     before = hooks.started()
@@ -386,7 +393,7 @@ def test_a_reused_pid_is_never_signalled(make_agent, build_plugin, hooks, tmp_pa
     agent.stop()
     stranger = subprocess.Popen(["sleep", "60"], start_new_session=True)
     try:
-        real = _proc_stat(stranger.pid)[2]
+        real = proc_start_time(stranger.pid)
         gone = subprocess.Popen(["true"])
         gone.wait()
         directory = agent.data_dir / "hooks"

@@ -556,6 +556,7 @@ def test_store_open_survives_a_failing_cleanup(tmp_path, monkeypatch) -> None:
     store.open()
     (store.tmp / "upload-x").mkdir()
     (store.tmp / "upload-x" / "f").write_text("x")
+    assert store._lock_fd is not None  # open() took the lock
     os.close(store._lock_fd)
 
     def broken(path: Path) -> None:

@@ -12,6 +12,7 @@ import json
 import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -353,10 +354,11 @@ def approval_doc(node, version: str = "1.1.0", **changes) -> dict:
     from hotrelease.manifest import load_manifest
 
     now = datetime.now(UTC).replace(microsecond=0)
-    fields = dict(name="greeter", version=version,
-                  bundle_sha256=load_manifest(node.next.manifest).bundle.sha256,
-                  stage="wave-1", approved_by="alice", approved_at=now - timedelta(minutes=1),
-                  expires=now + timedelta(hours=4), nodes=("node-1",))
+    fields: dict[str, Any] = dict(
+        name="greeter", version=version,
+        bundle_sha256=load_manifest(node.next.manifest).bundle.sha256,
+        stage="wave-1", approved_by="alice", approved_at=now - timedelta(minutes=1),
+        expires=now + timedelta(hours=4), nodes=("node-1",))
     fields.update(changes)
     return Approval(**fields).to_dict()
 
@@ -439,7 +441,7 @@ _NOT_STRICT = {  # a JSON token (bytes) that strict JSON refuses
 def _not_strict_body(node, endpoint: str, token: bytes, security_key) -> bytes:
     """The bad token in the field a document of this endpoint holds."""
     if endpoint == "approvals":
-        body = {"approval": {**approval_doc(node), "stage": "@"}}
+        body: dict[str, Any] = {"approval": {**approval_doc(node), "stage": "@"}}
     elif endpoint == "advisories":
         label, envelope = label_body(node, security_key)
         body = {"label": {**label, "advisory": "@"}, "envelope": envelope}

@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -58,7 +59,7 @@ def node(make_agent, build_plugin):
 # --- raw HTTP on a socket -------------------------------------------------------------------
 
 
-def parse(raw: bytes) -> tuple[int, dict[str, str], object] | None:
+def parse(raw: bytes) -> tuple[int, dict[str, str], Any] | None:
     """(status, headers, JSON body) of a complete response in `raw`, else None."""
     head, sep, body = raw.partition(b"\r\n\r\n")
     if not sep:
@@ -139,6 +140,7 @@ def test_head_over_max_header_bytes_is_431_and_one_under_it_passes(node) -> None
     before, n = node.snapshot(), len(node.history())
     _, answer = exchange(node.port, request_head("GET", "/v1/health", {"X-Pad": "a" * 20000}))
     assert code_of(answer) == (431, "header_too_large")
+    assert answer is not None
     assert answer[1]["connection"] == "close"
     # the same refusal for an upload with a valid token: nothing stored, nothing recorded
     # (the request never got as far as naming a plugin to the app)
@@ -203,7 +205,7 @@ def test_upload_trickler_is_cut_its_partial_upload_removed_and_recorded(node) ->
     nxt = node.next
     body = nxt.bundle.read_bytes()
     head = request_head("PUT", "/v1/plugins/greeter/releases/1.1.0", upload_headers(nxt))
-    result: dict[str, object] = {}
+    result: dict[str, Any] = {}
 
     def trickler() -> None:
         result["held"], result["answer"] = exchange(node.port, head + body[:100], body[100:])
@@ -215,7 +217,7 @@ def test_upload_trickler_is_cut_its_partial_upload_removed_and_recorded(node) ->
         wait_until(lambda: any(tmp.iterdir()), 5, "a partial upload in tmp/")
     finally:
         thread.join(15)
-    assert code_of(result["answer"]) == (408, "body_timeout")  # type: ignore[arg-type]
+    assert code_of(result["answer"]) == (408, "body_timeout")
     assert result["held"] < 4.0, result["held"]  # body_timeout = 1 s
     assert list(tmp.iterdir()) == []
     assert node.snapshot() == before
@@ -383,6 +385,7 @@ def assert_refused_at_once(port: int, cap: int) -> None:
         sock.close()
     answer = parse(got)
     assert code_of(answer) == (503, "too_many_connections"), got
+    assert answer is not None
     assert answer[1]["retry-after"] == "1" and str(cap) in answer[2]["error"]["message"]
     assert time.monotonic() - start < 1.0
 

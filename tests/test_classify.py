@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 import semver
+from conftest import GitRepo
 
 from hotrelease.classify import SecurityClaim, classify
 from hotrelease.errors import VersionError
@@ -139,7 +140,7 @@ def test_mr_labels_variable() -> None:
 
 
 @pytest.fixture
-def tagged_repo(make_git_repo: Callable[..., object]):
+def tagged_repo(make_git_repo: Callable[..., GitRepo]):
     repo = make_git_repo("tags")
     repo.commit("one")
     repo.tag("v1.0.0")  # lightweight

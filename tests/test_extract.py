@@ -82,7 +82,7 @@ def test_real_bundle_extracts(tmp_path: Path, dest: Path, build_plugin) -> None:
     assert sorted(e.path for e in entries) == ["greetings.txt", "plugin.py"]
 
 
-HOSTILE = {
+HOSTILE: dict[str, list[tuple[tarfile.TarInfo, bytes | None]]] = {
     "absolute path": [reg("/tmp/evil")],
     "dotdot": [reg("../evil")],
     "dotdot inside": [reg("a/../../evil")],
@@ -101,7 +101,8 @@ HOSTILE = {
     "fifo": [special("fifo", tarfile.FIFOTYPE)],
     "setuid": [reg("suid", b"x", 0o4755)],
     "setgid": [reg("sgid", b"x", 0o2755)],
-    "sticky dir": [(lambda i: (setattr(i[0], "mode", 0o1777), i)[1])(dirm("d/"))],
+    "sticky dir": [(lambda i: (setattr(i[0], "mode", 0o1777), i)[1])(  # type: ignore[func-returns-value]
+        dirm("d/"))],
     "duplicate file": [reg("a", b"1"), reg("a", b"2")],
     "file then dir": [reg("a"), reg("a/b")],
     "dir then file": [dirm("a/"), reg("a")],

@@ -26,9 +26,11 @@ import http.client
 import json
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import (
@@ -219,7 +221,7 @@ class Node:
 
 
 @pytest.fixture
-def processes():
+def processes() -> Iterator[list[object]]:
     """Everything started by the test; all killed at teardown, players stopped first."""
     started: list[object] = []
     yield started
@@ -284,6 +286,7 @@ def test_go_hot_reload_end_to_end(tmp_path: Path, cli, processes: list) -> None:
         processes.append(host)
         assert host.health()[0] == 503
         base = f"http://127.0.0.1:{host.port}"
+        slot: str | dict[str, Any]  # the slot's config here, its state further down
         slot = (
             f"[plugins.{PLUGIN}]\n"
             f'precheck = {{ command = ["{gamehost}", "-check-abi", "{{release_dir}}"], '
@@ -309,7 +312,7 @@ def test_go_hot_reload_end_to_end(tmp_path: Path, cli, processes: list) -> None:
         return cli("publish", manifest, "--all-stages", "--now", utc_now(), cwd=plugin_dir,
                    env={"HOTRELEASE_AGENT_TOKEN": AGENT_TOKEN}, timeout=180)
 
-    def fleet_state() -> tuple[dict[str, str | None], dict[str, str]]:
+    def fleet_state() -> tuple[dict[str, str | None], dict[str, str | None]]:
         return ({node.name: node.slot().get("current") for node in nodes},
                 {node.name: node.health().get("version") for node in nodes})
 

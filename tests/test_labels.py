@@ -7,11 +7,12 @@ import base64
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import semver
 
-from hotrelease.classify import check_label, classify
+from hotrelease.classify import SecurityClaim, check_label, classify
 from hotrelease.errors import ManifestFormatError
 from hotrelease.gate import load_label_claim
 from hotrelease.labels import make_label, save_label, sign_label
@@ -33,6 +34,12 @@ def signed(security_key):
                        **BINDING)
     envelope, _ = sign_label(label, load_private_key(security_key.private))
     return label, envelope
+
+
+def problem_of(claim: SecurityClaim) -> str:
+    """The reason of a claim the test expects refused (`problem` is None only when valid)."""
+    assert claim.problem is not None
+    return claim.problem
 
 
 def check(label_dict, envelope, trusted, *, now=NOW, threshold=1, **binding):
@@ -144,13 +151,14 @@ def test_label_files_roundtrip_and_broken_files(signed, security_key, tmp_path: 
     label, envelope = signed
     path = tmp_path / "greeter-1.2.1.security.json"
     save_label(label, envelope, path)
-    kwargs = dict(trusted=load_trusted([security_key.public]), threshold=1, now=NOW, **BINDING)
+    kwargs: dict[str, Any] = dict(trusted=load_trusted([security_key.public]), threshold=1,
+                                  now=NOW, **BINDING)
     assert load_label_claim(path, **kwargs).valid
     Path(f"{path}.sig").unlink()
-    assert "signature file not found" in load_label_claim(path, **kwargs).problem
+    assert "signature file not found" in problem_of(load_label_claim(path, **kwargs))
     path.write_text("{not json")
-    assert load_label_claim(path, **kwargs).problem.startswith("not valid JSON")
-    assert "cannot read" in load_label_claim(tmp_path / "missing.json", **kwargs).problem
+    assert problem_of(load_label_claim(path, **kwargs)).startswith("not valid JSON")
+    assert "cannot read" in problem_of(load_label_claim(tmp_path / "missing.json", **kwargs))
     path.write_text(json.dumps([1, 2]))
     envelope.save(Path(f"{path}.sig"))
     assert load_label_claim(path, **kwargs).problem == "not a label document"
@@ -163,10 +171,11 @@ def test_label_file_with_a_duplicated_key_is_not_a_security_claim(signed, securi
     label, envelope = signed
     path = tmp_path / "greeter-1.2.1.security.json"
     save_label(label, envelope, path)
-    kwargs = dict(trusted=load_trusted([security_key.public]), threshold=1, now=NOW, **BINDING)
+    kwargs: dict[str, Any] = dict(trusted=load_trusted([security_key.public]), threshold=1,
+                                  now=NOW, **BINDING)
     assert load_label_claim(path, **kwargs).valid  # the twin
     text = path.read_text()
     path.write_text(text.replace("{", '{"advisory": "CVE-2000-0001", ', 1))
     claim = load_label_claim(path, **kwargs)
     assert not claim.valid
-    assert "duplicate key 'advisory'" in claim.problem
+    assert "duplicate key 'advisory'" in problem_of(claim)

@@ -32,8 +32,8 @@ BERLIN, NEW_YORK, SHANGHAI = (ZoneInfo("Europe/Berlin"), ZoneInfo("America/New_Y
                               ZoneInfo("Asia/Shanghai"))
 
 
-def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=UTC)
+def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, tzinfo=UTC)
 
 
 def weekly(name: str, days: list[str], start: str, duration: str, tz: ZoneInfo) -> Window:
@@ -289,6 +289,7 @@ def brute_in_window(window: Window, moment: datetime) -> bool:
         if rec.cron is not None:
             clocks = rec.cron.times() if rec.cron.matches_date(day) else []
         else:
+            assert rec.start is not None  # the weekly form always has a start time
             clocks = [rec.start] if day.weekday() in rec.days else []
         for clock in clocks:
             start = datetime(day.year, day.month, day.day, clock.hour, clock.minute,
@@ -366,7 +367,10 @@ def test_daily_window_local_start_is_its_wall_clock(tz: ZoneInfo, hour: int, min
     day = date(2026, 1, 1) + timedelta(days=day_offset)
     (start,) = list(rec.starts(day))
     local = start.astimezone(tz)
-    shift = local.utcoffset() - datetime.combine(day, time(hour, minute), tzinfo=tz).utcoffset()
+    local_offset = local.utcoffset()
+    wall_offset = datetime.combine(day, time(hour, minute), tzinfo=tz).utcoffset()
+    assert local_offset is not None and wall_offset is not None  # aware datetimes (ZoneInfo)
+    shift = local_offset - wall_offset
     # Either the wall clock is exact, or it fell into a gap and moved later by the gap.
     assert (local.hour, local.minute) == (hour, minute) or shift > timedelta(0)
 

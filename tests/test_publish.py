@@ -534,7 +534,8 @@ def test_a_rerun_right_after_a_killed_publish_waits_out_the_canary_bake(fleet, b
     assert gap >= bake, f"wave-1 started {gap:.2f}s after the canary; the bake is {bake}s"
 
 
-def test_a_node_still_finishing_an_activation_is_waited_for_not_failed(fleet, build_plugin):
+def test_a_node_still_finishing_an_activation_is_waited_for_not_failed(fleet,
+                                                                        build_plugin) -> None:
     """A retry right after a killed job meets the activation that job asked for: the agent
     says so in its state, and the publisher waits for it and judges its result."""
     import threading
@@ -650,7 +651,7 @@ approval_classes = []
 
 
 @pytest.mark.slow
-def test_chaos_the_publisher_killed_at_random_and_rerun_at_once(fleet, build_plugin):
+def test_chaos_the_publisher_killed_at_random_and_rerun_at_once(fleet, build_plugin) -> None:
     """A CI job killed at random moments and retried at once, round after round: the fleet
     ends on the release, every node activated exactly once, no rollback, every bake in
     full. Seeded: a failure names its seed and reproduces."""
