@@ -30,7 +30,7 @@ def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     obj: dict[str, Any] = {}
     for key, value in pairs:
         if key in obj:
-            raise JSONInputError(f"duplicate key {_short(key)!r}")
+            raise JSONInputError(f"duplicate key {clip(key)!r}")
         obj[key] = value
     return obj
 
@@ -42,7 +42,9 @@ def _constant(name: str) -> Any:
 _DECODER = json.JSONDecoder(object_pairs_hook=_object, parse_constant=_constant)
 
 
-def _short(text: str, limit: int = 64) -> str:
+def clip(text: str, limit: int = 64) -> str:
+    """A hostile string as quoted in a message or a record: at most `limit` characters and a
+    marker."""
     return text if len(text) <= limit else text[:limit] + "..."
 
 
@@ -59,7 +61,7 @@ def _walk(value: Any, max_depth: int, *, floats: bool) -> None:
                     if not isinstance(key, str):
                         raise JSONInputError(f"{where}: keys must be strings")
                     _check_text(key, where)
-                    stack.append((child, depth + 1, f"{where}.{_short(key, 32)}"))
+                    stack.append((child, depth + 1, f"{where}.{clip(key, 32)}"))
             else:
                 stack.extend((child, depth + 1, f"{where}[{i}]") for i, child in enumerate(item))
         elif isinstance(item, str):
@@ -92,7 +94,7 @@ def strict_loads(data: bytes | bytearray | str, *, max_depth: int = MAX_JSON_DEP
     except JSONInputError:
         raise
     except ValueError as exc:  # JSONDecodeError, an integer of more than 4300 digits
-        raise JSONInputError(f"not valid JSON ({_short(str(exc), 120)})") from None
+        raise JSONInputError(f"not valid JSON ({clip(str(exc), 120)})") from None
     _walk(value, max_depth, floats=True)
     return value
 

@@ -55,6 +55,16 @@ _bearer = HTTPBearer(auto_error=False, description="Bearer token (stored hashed 
 # value is the message. `RequestGuard` turns it into BodyTimeout at the app's next read.
 CUT_SCOPE_KEY = "hotrelease.body_cut"
 PUBLIC_PATHS = frozenset({"/v1/health", "/v1/openapi.json"})
+CALLER_STATE_KEY = "caller"  # request.state: the token name `RequestGuard` authenticated
+
+
+def caller_of(request: Request) -> str:
+    """Who sent this request (the name of its token), as `RequestGuard` found it. A route
+    outside PUBLIC_PATHS is never reached without it; fail closed all the same."""
+    caller = getattr(request.state, CALLER_STATE_KEY, None)
+    if not isinstance(caller, str):
+        raise Unauthorized()
+    return caller
 
 
 class BodyTimeout(HTTPException):
@@ -246,8 +256,8 @@ class RequestGuard:
     """ASGI middleware, outermost. (1) The token first: a request for anything but
     PUBLIC_PATHS without a valid bearer token is answered 401 before any byte of its body is
     read, so a malformed, oversize or endless body without a token gets the same 401 as any
-    other (routes still name the caller with `who`). (2) A body the server cut for time
-    (CUT_SCOPE_KEY) raises BodyTimeout in whoever reads it next."""
+    other; the token's name is kept in the request state for `who`. (2) A body the server
+    cut for time (CUT_SCOPE_KEY) raises BodyTimeout in whoever reads it next."""
 
     def __init__(self, app: Any, tokens: list[TokenEntry]) -> None:
         self.app = app
@@ -260,11 +270,12 @@ class RequestGuard:
         if scope["path"] not in PUBLIC_PATHS:
             header = next((v for k, v in scope["headers"] if k == b"authorization"), None)
             try:
-                authenticate(None if header is None else header.decode("latin-1"),
-                             self.tokens)
+                caller = authenticate(None if header is None else header.decode("latin-1"),
+                                      self.tokens)
             except Unauthorized as exc:
                 await error_response(401, exc.code, str(exc))(scope, receive, send)
                 return
+            scope.setdefault("state", {})[CALLER_STATE_KEY] = caller  # `who` reads it
 
         async def guarded() -> Any:
             message = await receive()
@@ -289,7 +300,7 @@ def _record_cut(agent: Agent, request: Request, exc: BodyTimeout) -> None:
     if action is None or name not in agent.config.plugins:
         return
     try:
-        who = authenticate(request.headers.get("authorization"), agent.config.tokens)
+        who = caller_of(request)
     except Unauthorized:
         return
     record: dict[str, Any] = {"action": action, "who": who}
@@ -314,7 +325,7 @@ def create_app(agent: Agent) -> FastAPI:
     cap = agent.config.max_upload_bytes
 
     def who(request: Request, _cred: Any = Security(_bearer)) -> str:
-        return authenticate(request.headers.get("authorization"), agent.config.tokens)
+        return caller_of(request)  # `_cred` only declares the bearer scheme in the OpenAPI
 
     @app.exception_handler(HotreleaseError)
     async def _hr_error(request: Request, exc: HotreleaseError) -> JSONResponse:

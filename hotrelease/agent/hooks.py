@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from hotrelease.agent.config import HealthCheck, PrecheckHook, ReloadHook
-from hotrelease.agent.store import utcnow
+from hotrelease.agent.store import atomic_write, utcnow
 from hotrelease.errors import HotreleaseError
 
 MAX_BODY = 64 * 1024
@@ -160,11 +160,9 @@ def stop_groups(pgids: list[int], *, grace: float = TERM_GRACE,
 
 
 def _write_record(path: Path, record: dict[str, Any]) -> None:
-    """Atomic (temp file + rename) but not fsynced: the record only has to survive the agent
-    process, not the machine - a reboot ends every hook anyway (and changes the boot id)."""
-    tmp = path.parent / f".{path.name}.tmp-{secrets.token_hex(4)}"
-    tmp.write_text(json.dumps(record, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    """Atomic but not fsynced: the record only has to survive the agent process, not the
+    machine - a reboot ends every hook anyway (and changes the boot id)."""
+    atomic_write(path, (json.dumps(record, sort_keys=True) + "\n").encode(), durable=False)
 
 
 class HookRegistry:

@@ -166,8 +166,7 @@ def _recover_uploads(agent: Agent) -> list[dict[str, Any]]:
         stored = store.stored_versions(name)
         if not stored:
             continue
-        recorded = {r.get("version") for r in store.read_history(name, 0)
-                    if r.get("result") == "stored"}
+        recorded = store.versions_with_result(name, "stored")
         for version in stored:
             if version in recorded:
                 continue

@@ -28,7 +28,7 @@ from hotrelease.agent.hooks import (
     terminate_running_hooks,
 )
 from hotrelease.agent.store import Store, crash_point, fsync_dir, utcnow, write_json
-from hotrelease.canonical import pretty_bytes
+from hotrelease.canonical import clip, pretty_bytes
 from hotrelease.checksum import sha256_file
 from hotrelease.errors import (
     DigestMismatchError,
@@ -149,7 +149,7 @@ class Agent:
             check_name(name)
         except ManifestFormatError as exc:
             self.store.append_history(None, {"action": action, "who": who,
-                                             "plugin": _clip(name, MAX_NAME_LENGTH),
+                                             "plugin": clip(name, MAX_NAME_LENGTH),
                                              "result": "refused", "code": "bad_name",
                                              "reason": str(exc)})
             raise BadRequest(str(exc), code="bad_name") from None
@@ -172,7 +172,7 @@ class Agent:
         try:
             return check_version(version)
         except ManifestFormatError as exc:
-            record["version"] = _clip(version, MAX_VERSION_LENGTH)  # not a megabyte of it
+            record["version"] = clip(version, MAX_VERSION_LENGTH)  # not a megabyte of it
             raise self.refuse(name, record, BadRequest(str(exc), code="bad_version")) from None
 
     def security_floor(self, name: str) -> tuple[str | None, str | None]:
@@ -192,22 +192,31 @@ class Agent:
                 version = check_version(doc["label"]["version"])
                 found = doc["label"].get("advisory")
             except OSError as exc:
-                raise AdvisoryUnreadable(f"{path}: {exc.strerror}") from None
+                raise AdvisoryUnreadable(f"the security floor is unknown: {path}: "
+                                         f"{exc.strerror}") from None
             except (ValueError, KeyError, TypeError, AttributeError, HotreleaseError) as exc:
-                raise AdvisoryUnreadable(f"{path}: not an advisory record ({exc})") from None
+                raise AdvisoryUnreadable(f"the security floor is unknown: {path}: not an "
+                                         f"advisory record ({exc})") from None
             if floor is None or _below(floor, version):
                 floor, advisory = version, found
         return floor, advisory
 
-    def check_floor(self, name: str, version: str, record: dict[str, Any]) -> None:
+    def floor_refusal(self, name: str, version: str) -> PolicyError | None:
+        """Why the security floor forbids running `version` (None: it does not): below the
+        floor, or the floor is unknown (an unreadable advisory)."""
         try:
             floor, advisory = self.security_floor(name)
         except AdvisoryUnreadable as exc:
-            raise self.refuse(name, record, exc) from None
+            return exc
         if floor is not None and _below(version, floor):
-            raise self.refuse(name, record, PolicyError(
-                f"{name}@{version} is below the security floor {floor} ({advisory})",
-                code="below_security_floor"))
+            return PolicyError(f"{name}@{version} is below the security floor {floor} "
+                               f"({advisory})", code="below_security_floor")
+        return None
+
+    def check_floor(self, name: str, version: str, record: dict[str, Any]) -> None:
+        refusal = self.floor_refusal(name, version)
+        if refusal is not None:
+            raise self.refuse(name, record, refusal)
 
     def release_info(self, name: str, version: str) -> dict[str, Any] | None:
         rdir = self.store.release_dir(name, version)
@@ -401,15 +410,15 @@ class Agent:
         # A rollback skips the approval only to go back to a version this node ran; anything
         # else is an activation under another name and needs what an activation needs.
         known_good = rollback and version in _ran_versions(state)
-        if record.pop("allow_expired", False):
+        allow_expired = bool(record.pop("allow_expired", False))
+        if allow_expired:
             if not known_good:
                 raise self.refuse(name, record, UsageError(
                     f"allow_expired applies only to a rollback to a version this node ran "
                     f"before; {name}@{version} never ran here", code="bad_request"))
             record["override"] = "allow_expired"
         try:
-            manifest = self.check_release(name, version,
-                                          allow_expired="override" in record)
+            manifest = self.check_release(name, version, allow_expired=allow_expired)
             if not known_good:
                 self.check_approval(name, version, info["bundle_sha256"], record)
         except ExpiredError as exc:
@@ -418,7 +427,7 @@ class Agent:
             raise self.refuse(name, record, ExpiredError(f"{exc}{hint}")) from None
         except (VerificationError, PolicyError) as exc:
             raise self.refuse(name, record, exc) from None
-        if "override" in record and self.clock() >= manifest.expires:
+        if allow_expired and self.clock() >= manifest.expires:
             record["expired"] = format_time(manifest.expires)
         ok, detail = run_precheck(pcfg.precheck, name=name, version=version,
                                   release_dir=str(self.store.release_dir(name, version)))
@@ -585,12 +594,9 @@ class Agent:
         """Why the automatic rollback may not return to `old`, as (code, reason); None when
         it may. `old` ran a moment ago, so an expired manifest does not stop it (the expiry
         is noted in `record`); a key removed since, the security floor and the files do."""
-        try:
-            floor, advisory = self.security_floor(name)
-        except AdvisoryUnreadable as exc:
-            return exc.code, f"the security floor is unknown ({exc})"
-        if floor is not None and _below(old, floor):
-            return "below_security_floor", f"below the security floor {floor} ({advisory})"
+        refusal = self.floor_refusal(name, old)
+        if refusal is not None:
+            return refusal.code, str(refusal)
         try:
             manifest = self.check_release(name, old, allow_expired=True)
         except VerificationError as exc:
@@ -701,11 +707,6 @@ def _b64_header(headers: dict[str, str], key: str, error: type[HotreleaseError])
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
         raise error(f"{key} header is not valid base64") from None
-
-
-def _clip(text: Any, limit: int) -> Any:
-    """A hostile value as recorded in history: at most `limit` characters and a marker."""
-    return text[:limit] + "..." if isinstance(text, str) and len(text) > limit else text
 
 
 def _now() -> float:

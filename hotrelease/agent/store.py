@@ -69,18 +69,22 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes, *, durable: bool = True) -> None:
+    """Readers see the old file or the new one, never a part. `durable=False` skips the
+    fsyncs, for a file that only has to outlive the agent process, not the machine."""
     tmp = path.parent / f".{path.name}.tmp-{secrets.token_hex(4)}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, path)
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -284,14 +288,35 @@ class Store:
                 os.close(fd)
         return record
 
+    def versions_with_result(self, name: str, result: str) -> set[str]:
+        """Versions that have a history record with this `result`. Streams the file (it only
+        grows) and parses only the lines that can match."""
+        path = self.plugins / name / "history.jsonl"
+        needle = json.dumps({"result": result})[1:-1].encode()  # as append_history writes it
+        found: set[str] = set()
+        try:
+            with open(path, "rb") as f:
+                for line in f:
+                    if needle not in line:
+                        continue
+                    try:
+                        record = json.loads(line)
+                    except ValueError:  # a torn last line after a power cut
+                        continue
+                    if record.get("result") == result and isinstance(record.get("version"),
+                                                                     str):
+                        found.add(record["version"])
+        except FileNotFoundError:
+            pass
+        return found
+
     def read_history(self, name: str, limit: int) -> list[dict[str, Any]]:
-        """The last `limit` records (0: all of them)."""
         path = self.plugins / name / "history.jsonl"
         if not path.exists():
             return []
         lines = path.read_bytes().splitlines()
         out = []
-        for line in lines[-limit:] if limit else lines:
+        for line in lines[-limit:] if limit else []:
             try:
                 out.append(json.loads(line))
             except ValueError:  # a torn last line after a power cut: skip it
