@@ -136,6 +136,21 @@ def peak_rss_kib(pid: int) -> int:
 # --- the request head -----------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("bad", [{"Content-Length": "5pD[u,>O"}, {"Bad Name": "x"},
+                                 {"Content-Length": "-1"}])
+def test_a_malformed_head_gets_the_agents_json_400(node, bad) -> None:
+    before, n = node.snapshot(), len(node.history())
+    _, answer = exchange(node.port, request_head("GET", "/v1/plugins/greeter",
+                                                 {"Authorization": AUTH, **bad}))
+    assert code_of(answer) == (400, "bad_request")
+    assert answer is not None and answer[1]["content-type"] == "application/json"
+    assert node.snapshot() == before and len(node.history()) == n
+    # twin: the same request, well formed
+    _, answer = exchange(node.port, request_head("GET", "/v1/plugins/greeter",
+                                                 {"Authorization": AUTH}))
+    assert answer is not None and answer[0] == 200
+
+
 def test_head_over_max_header_bytes_is_431_and_one_under_it_passes(node) -> None:
     before, n = node.snapshot(), len(node.history())
     _, answer = exchange(node.port, request_head("GET", "/v1/health", {"X-Pad": "a" * 20000}))

@@ -209,6 +209,12 @@ class GuardedProtocol(HttpToolsProtocol):
         super().on_response_complete()
 
     # --- refusing -----------------------------------------------------------------------
+    def send_400_response(self, msg: str) -> None:
+        """The HTTP parser refused the bytes (a malformed request line or header, say a
+        Content-Length that is not a number): answered in the agent's error format like
+        every other refusal, not with uvicorn's text/plain."""
+        self._refuse(400, "bad_request", msg)
+
     def _refuse(self, status: int, code: str, message: str, extra: bytes = b"") -> None:
         self._refused = True
         if self.cycle is not None and not self.cycle.response_complete:
