@@ -213,7 +213,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from hotrelease.agent.config import DEFAULT_HTTP_LIMITS as D
-    from hotrelease.signing import generate_keypair
+    from hotrelease.trust.keys import generate_keypair
 
     bound = 3.0 if args.quick else D.header_timeout
     limits = (f"header_timeout = {bound}\nbody_timeout = {bound}\n" if args.quick else "")

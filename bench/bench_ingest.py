@@ -88,8 +88,8 @@ def wait_http(url: str, timeout: float = 30.0) -> None:
 
 def make_bundle(out: Path, name: str, files: dict[str, Path | bytes],
                 compress: int = 1) -> tuple[Path, list]:
-    from hotrelease.checksum import sha256_file
-    from hotrelease.manifest import FileEntry
+    from hotrelease.build.checksum import sha256_file
+    from hotrelease.trust.manifest import FileEntry
 
     out.mkdir(parents=True, exist_ok=True)
     bundle = out / f"{name}.tar.gz"
@@ -107,9 +107,9 @@ def make_bundle(out: Path, name: str, files: dict[str, Path | bytes],
 
 def make_manifest(out: Path, key_path: Path, name: str, version: str, bundle: Path,
                   entries: list) -> tuple[Path, Path]:
-    from hotrelease.checksum import sha256_file
-    from hotrelease.manifest import BundleRef, ReleaseManifest
-    from hotrelease.signing import MANIFEST_TYPE, Envelope, load_private_key
+    from hotrelease.build.checksum import sha256_file
+    from hotrelease.trust.keys import MANIFEST_TYPE, Envelope, load_private_key
+    from hotrelease.trust.manifest import BundleRef, ReleaseManifest
 
     digest, size = sha256_file(bundle)
     manifest = ReleaseManifest(name=name, version=version, kind="python",
@@ -294,7 +294,7 @@ def main() -> None:
     if shutil.which("curl") is None:
         raise SystemExit("curl is required")
 
-    from hotrelease.signing import generate_keypair
+    from hotrelease.trust.keys import generate_keypair
 
     work = Path(tempfile.mkdtemp(prefix="hotrelease-bench-", dir=args.tmp))
     try:

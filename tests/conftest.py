@@ -81,7 +81,7 @@ class KeyPair:
 
 @pytest.fixture
 def make_key(tmp_path: Path) -> Callable[[str], KeyPair]:
-    from hotrelease.signing import generate_keypair
+    from hotrelease.trust.keys import generate_keypair
 
     keydir = tmp_path / "keys"
     keydir.mkdir(exist_ok=True)
@@ -163,10 +163,10 @@ class SignedRelease:
 @pytest.fixture
 def build_plugin(plugin_repo: GitRepo, make_key: Callable[..., KeyPair]):
     """Build (in-process) and sign a version of the example plugin; returns SignedRelease."""
-    from hotrelease.artifact import build_release
-    from hotrelease.config import load_config
-    from hotrelease.signing import load_private_key
-    from hotrelease.verify import sign_manifest, signature_path_for
+    from hotrelease.build.artifact import build_release
+    from hotrelease.config.project import load_config
+    from hotrelease.trust.keys import load_private_key
+    from hotrelease.trust.verify import sign_manifest, signature_path_for
 
     default_key = make_key("release")
 
@@ -475,9 +475,9 @@ def craft_release(base: SignedRelease, out: Path, *, keys: list[Path] | None = N
     import hashlib
     import json
 
-    from hotrelease.canonical import pretty_bytes
-    from hotrelease.manifest import parse_manifest_bytes
-    from hotrelease.signing import MANIFEST_TYPE, Envelope, load_private_key
+    from hotrelease.trust.canonical import pretty_bytes
+    from hotrelease.trust.keys import MANIFEST_TYPE, Envelope, load_private_key
+    from hotrelease.trust.manifest import parse_manifest_bytes
 
     out.mkdir(parents=True, exist_ok=True)
     doc = json.loads(base.manifest.read_bytes())

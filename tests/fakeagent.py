@@ -1,9 +1,10 @@
 """An in-memory node agent behind the real client interface, for fast Publisher logic tests.
 
 In the spirit of python-tuf's `RepositorySimulator`: `FakeAgent` implements the `AgentAPI`
-protocol of `hotrelease.publish` (what `hotrelease.agent.client.AgentClient` offers) and keeps
-one node's state in memory, deciding the way `hotrelease.agent.service.Agent` decides and
-answering with the JSON shapes of `hotrelease.agent.app` (`current`, `previous`, `state`,
+protocol of `hotrelease.rollout.engine` (what `hotrelease.agent.client.AgentClient`
+offers) and keeps one node's state in memory, deciding the way
+`hotrelease.agent.service.Agent` decides and answering with the JSON shapes of
+`hotrelease.agent.app` (`current`, `previous`, `state`,
 `health`, `activated_at`, `security_floor`, history records, activate's `result` of
 "activated" / "unchanged" / "rolled_back" / "failed").
 
@@ -55,7 +56,6 @@ from typing import Any, Literal
 from hotrelease.agent.app import status_for
 from hotrelease.agent.client import error_from_response
 from hotrelease.agent.service import BadRequest, Conflict, NotFound
-from hotrelease.approvals import Approval, check_approval
 from hotrelease.errors import (
     DigestMismatchError,
     ExpiredError,
@@ -68,8 +68,11 @@ from hotrelease.errors import (
     UnreachableError,
     VerificationError,
 )
-from hotrelease.labels import SecurityLabel
-from hotrelease.manifest import (
+from hotrelease.rollout.engine import Event, Publisher
+from hotrelease.rollout.plan import Node, RolloutSettings, StagePlan, StageSpec, plan_stages
+from hotrelease.trust.approvals import Approval, check_approval
+from hotrelease.trust.labels import SecurityLabel
+from hotrelease.trust.manifest import (
     MANIFEST_FORMAT,
     ReleaseManifest,
     check_name,
@@ -77,9 +80,7 @@ from hotrelease.manifest import (
     format_time,
     parse_manifest_bytes,
 )
-from hotrelease.publish import Event, Publisher
-from hotrelease.rollout import Node, RolloutSettings, StagePlan, StageSpec, plan_stages
-from hotrelease.versioning import parse_version
+from hotrelease.trust.versions import parse_version
 
 PLUGIN = "greeter"
 MUTATING = ("upload", "activate", "rollback")

@@ -185,8 +185,8 @@ def test_two_concurrent_activations_one_wins(make_agent, build_plugin, tmp_path)
 def make_label(release, key, *, version=None, expires_days=30, advisory="CVE-2026-1234"):
     import hashlib
 
-    from hotrelease.labels import SecurityLabel
-    from hotrelease.signing import SECURITY_LABEL_TYPE, Envelope, load_private_key
+    from hotrelease.trust.keys import SECURITY_LABEL_TYPE, Envelope, load_private_key
+    from hotrelease.trust.labels import SecurityLabel
 
     now = datetime.now(UTC).replace(microsecond=0)
     label = SecurityLabel("greeter", version or release.version,

@@ -11,7 +11,7 @@ from hotrelease.errors import ExpiredError, IdentityMismatchError, SignatureErro
 
 
 def approval(release_sha: str = "a" * 64, *, name: str = "greeter", hours: int = 4):
-    from hotrelease.approvals import Approval
+    from hotrelease.trust.approvals import Approval
 
     now = datetime.now(UTC).replace(microsecond=0)
     return Approval(name, "1.1.0", release_sha, "wave-1", "alice", now - timedelta(minutes=1),
@@ -19,7 +19,7 @@ def approval(release_sha: str = "a" * 64, *, name: str = "greeter", hours: int =
 
 
 def sign(doc, key_path):
-    from hotrelease.signing import load_private_key
+    from hotrelease.trust.keys import load_private_key
 
     return doc.sign(load_private_key(key_path)).to_dict()
 

@@ -65,7 +65,7 @@ def one_agent(tmp_path_factory):
 
     from conftest import AgentProcess, agent_toml, free_port
 
-    from hotrelease.signing import generate_keypair
+    from hotrelease.trust.keys import generate_keypair
 
     root = tmp_path_factory.mktemp("authagent")
     generate_keypair(root / "release")
@@ -244,7 +244,7 @@ def test_tls_without_client_ca_serves_https(make_agent, pki) -> None:
 
 
 def _config(tmp_path: Path, text: str) -> Path:
-    from hotrelease.signing import generate_keypair
+    from hotrelease.trust.keys import generate_keypair
 
     if not (tmp_path / "k.pub").exists():
         generate_keypair(tmp_path / "k")

@@ -7,10 +7,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from hotrelease.approvals import Approval
 from hotrelease.errors import HotreleaseError
-from hotrelease.manifest import load_manifest
-from hotrelease.signing import load_private_key
+from hotrelease.trust.approvals import Approval
+from hotrelease.trust.keys import load_private_key
+from hotrelease.trust.manifest import load_manifest
 
 
 def gated_agent(make_agent, approver_pub, node_name="node-a", plugins=None):

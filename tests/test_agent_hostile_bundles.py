@@ -27,7 +27,7 @@ from hotrelease.agent import store as store_module
 from hotrelease.agent.config import load_agent_config
 from hotrelease.agent.store import Store, remove_tree
 from hotrelease.errors import ConfigError, UnsafeArchiveError
-from hotrelease.extract import DEFAULT_LIMITS, ExtractLimits, safe_extract
+from hotrelease.trust.archive import DEFAULT_LIMITS, ExtractLimits, safe_extract
 
 MiB = 1024 * 1024
 PLUGIN = b"def handle(event):\n    return {'ok': True}\n"

@@ -25,11 +25,11 @@ from conftest import (
     with_active_release,
 )
 
-from hotrelease.canonical import MAX_JSON_DEPTH, JSONInputError, pretty_bytes, strict_loads
 from hotrelease.errors import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, VersionError
-from hotrelease.manifest import MAX_NAME_LENGTH, check_name, check_version
-from hotrelease.signing import MANIFEST_TYPE, Envelope, load_private_key
-from hotrelease.versioning import MAX_VERSION_LENGTH, parse_version
+from hotrelease.trust.canonical import MAX_JSON_DEPTH, JSONInputError, pretty_bytes, strict_loads
+from hotrelease.trust.keys import MANIFEST_TYPE, Envelope, load_private_key
+from hotrelease.trust.manifest import MAX_NAME_LENGTH, check_name, check_version
+from hotrelease.trust.versions import MAX_VERSION_LENGTH, parse_version
 
 # --- helpers ------------------------------------------------------------------------------
 
@@ -350,8 +350,8 @@ def test_deeply_nested_signature_header(node, text) -> None:
 
 
 def approval_doc(node, version: str = "1.1.0", **changes) -> dict:
-    from hotrelease.approvals import Approval
-    from hotrelease.manifest import load_manifest
+    from hotrelease.trust.approvals import Approval
+    from hotrelease.trust.manifest import load_manifest
 
     now = datetime.now(UTC).replace(microsecond=0)
     fields: dict[str, Any] = dict(
@@ -364,8 +364,8 @@ def approval_doc(node, version: str = "1.1.0", **changes) -> dict:
 
 
 def label_body(node, security_key) -> tuple[dict, dict]:
-    from hotrelease.labels import make_label, sign_label
-    from hotrelease.manifest import load_manifest
+    from hotrelease.trust.labels import make_label, sign_label
+    from hotrelease.trust.manifest import load_manifest
 
     label = make_label(name="greeter", version="1.1.0",
                        bundle_sha256=load_manifest(node.next.manifest).bundle.sha256,
@@ -578,7 +578,7 @@ def test_duplicate_key_in_a_signed_approval_for_activation(make_agent, build_plu
     assert agent.client().upload(release.manifest)["status"] == "stored"
     agent.next = release
     doc = approval_doc(agent)
-    from hotrelease.approvals import Approval
+    from hotrelease.trust.approvals import Approval
 
     approval = Approval.from_dict(doc)
     envelope = approval.sign(load_private_key(approver.private)).to_dict()

@@ -328,7 +328,7 @@ BODIES = {  # what follows the head, the declared length, the answer with a vali
 
 @pytest.fixture(scope="module")
 def plain_agent(tmp_path_factory):
-    from hotrelease.signing import generate_keypair
+    from hotrelease.trust.keys import generate_keypair
 
     root = tmp_path_factory.mktemp("limits-agent")
     generate_keypair(root / "release")
@@ -478,7 +478,7 @@ def test_graceful_stop_is_bounded_by_shutdown_timeout(make_agent) -> None:
 
 
 def _config(tmp_path: Path, agent_lines: str = "") -> Path:
-    from hotrelease.signing import generate_keypair
+    from hotrelease.trust.keys import generate_keypair
 
     tmp_path.mkdir(parents=True, exist_ok=True)
     generate_keypair(tmp_path / "k")

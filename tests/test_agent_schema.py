@@ -16,7 +16,7 @@ from schemathesis.specs.openapi.checks import (
 
 @pytest.fixture(scope="module")
 def live_agent(tmp_path_factory):
-    from hotrelease.signing import generate_keypair
+    from hotrelease.trust.keys import generate_keypair
 
     root = tmp_path_factory.mktemp("schema-agent")
     generate_keypair(root / "release")

@@ -6,9 +6,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from hotrelease.approvals import Approval, verify_signed_approval
 from hotrelease.errors import ExpiredError, IdentityMismatchError, SignatureError
-from hotrelease.signing import load_private_key, load_public_key
+from hotrelease.trust.approvals import Approval, verify_signed_approval
+from hotrelease.trust.keys import load_private_key, load_public_key
 
 NOW = datetime(2026, 11, 24, 12, tzinfo=UTC)
 DIGEST = "a" * 64

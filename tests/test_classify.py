@@ -10,11 +10,11 @@ import pytest
 import semver
 from conftest import GitRepo
 
-from hotrelease.classify import SecurityClaim, classify
+from hotrelease.build.git import parse_trailers, trailer_values
 from hotrelease.errors import VersionError
-from hotrelease.gate import decide_release, mr_label_claims, read_git
-from hotrelease.gittags import parse_trailers, trailer_values
-from hotrelease.policy import COMMIT_TRAILER, MR_LABEL, SIGNED_LABEL, TAG_TRAILER, Policy
+from hotrelease.gate.classify import SecurityClaim, classify
+from hotrelease.gate.inputs import decide_release, mr_label_claims, read_git
+from hotrelease.gate.policy import COMMIT_TRAILER, MR_LABEL, SIGNED_LABEL, TAG_TRAILER, Policy
 
 V = semver.Version.parse
 NOW = datetime(2026, 11, 24, 12, tzinfo=UTC)
@@ -216,7 +216,7 @@ def test_commit_trailer_under_lightweight_tag(tagged_repo) -> None:
 def test_commit_trailer_obeyed_when_policy_lists_it(tagged_repo) -> None:
     from types import SimpleNamespace
 
-    from hotrelease.lanes import Schedule
+    from hotrelease.gate.schedule import Schedule
 
     tagged_repo.commit("fix\n\nSecurity-Advisory: CVE-2026-4321")
     tagged_repo.tag("v1.2.1")
@@ -269,7 +269,7 @@ def test_stages_per_lane(tagged_repo) -> None:
 def test_rollout_config_gates_stages_and_changes_the_digest(tagged_repo, tmp_path) -> None:
     """Stages come from the project's [rollout] config; its approval flags are part of the
     decision (and so of the plan digest), on top of the class rule."""
-    from hotrelease.config import parse_config
+    from hotrelease.config.project import parse_config
 
     def config(approval: str) -> object:
         data = {"plugin": {"name": "greeter"}, "build": {"commands": ["true"]},

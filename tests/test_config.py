@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hotrelease.config import load_config
+from hotrelease.config.project import load_config
 from hotrelease.errors import EXIT_OK, EXIT_USAGE, ConfigError
 
 GOOD = """

@@ -25,7 +25,7 @@ def test_an_unwritable_output_path_is_an_input_error_in_one_line(cli, tmp_path, 
     assert twin.code == EXIT_OK and "HOTRELEASE_CLASS=patch" in (tmp_path / "ok.env").read_text()
 
 
-BUG = ("import sys, hotrelease.gate as gate\n"
+BUG = ("import sys, hotrelease.gate.inputs as gate\n"
        "def broken(*args, **kwargs):\n"
        "    raise KeyError('slot')\n"
        "gate.decide_release = broken\n"

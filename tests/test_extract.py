@@ -1,4 +1,4 @@
-"""hotrelease.extract: hand-crafted hostile tarballs are refused, benign twins extract."""
+"""hotrelease.trust.archive: hand-crafted hostile tarballs are refused, benign twins extract."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from hotrelease.errors import UnsafeArchiveError
-from hotrelease.extract import check_member_name, is_within, safe_extract
+from hotrelease.trust.archive import check_member_name, is_within, safe_extract
 
 
 def make_tar(path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]],

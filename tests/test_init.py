@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hotrelease.pipeline import ChildSpec, StageJob, render_child, to_yaml
+from hotrelease.ci.pipeline import ChildSpec, StageJob, render_child, to_yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PYTHON_FILES = {"hotrelease.toml", ".gitlab-ci.yml", ".gitlab/hotrelease.gitlab-ci.yml",
@@ -68,14 +68,14 @@ def test_init_writes_a_complete_python_setup(cli, tmp_path: Path) -> None:
 
     from hotrelease.agent.auth import authenticate
     from hotrelease.agent.config import load_agent_config
-    from hotrelease.signing import load_private_key
+    from hotrelease.trust.keys import load_private_key
 
     agent = load_agent_config(repo / "deploy" / "agent.toml")
     assert authenticate(f"Bearer {token}", agent.tokens) == "gitlab-ci"
     assert list(agent.trusted) == [doc["keyid"]]
     assert agent.plugins.keys() == {"greeter"}
     private = load_private_key(key)
-    from hotrelease.signing import PublicKey
+    from hotrelease.trust.keys import PublicKey
 
     assert PublicKey.from_key(private.public_key()).keyid == doc["keyid"]
 
@@ -104,8 +104,8 @@ def test_init_wires_the_security_team_key_into_project_and_agents(cli, tmp_path:
     """Agents raise their security floor only on labels signed by a key they trust: init
     trusts the security team's key everywhere from the start, and never replaces it."""
     from hotrelease.agent.config import load_agent_config
-    from hotrelease.config import load_config
-    from hotrelease.signing import load_public_key
+    from hotrelease.config.project import load_config
+    from hotrelease.trust.keys import load_public_key
 
     repo = git_repo(tmp_path / "arena")
     doc = json.loads(init(cli, repo).stdout)
@@ -194,7 +194,7 @@ def test_init_refuses_bad_input_and_writes_nothing(cli, tmp_path: Path, args, me
 
 
 def test_templates_are_package_data_and_the_pipeline_is_the_shipped_file() -> None:
-    from hotrelease.scaffold import template_root
+    from hotrelease.ci.scaffold import template_root
 
     root = template_root()
     shipped = root / "gitlab" / "hotrelease.gitlab-ci.yml"

@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 import semver
 
-from hotrelease.classify import SecurityClaim, check_label, classify
 from hotrelease.errors import ManifestFormatError
-from hotrelease.gate import load_label_claim
-from hotrelease.labels import make_label, save_label, sign_label
-from hotrelease.signing import MANIFEST_TYPE, Envelope, load_private_key, load_trusted
+from hotrelease.gate.classify import SecurityClaim, check_label, classify
+from hotrelease.gate.inputs import load_label_claim
+from hotrelease.trust.keys import MANIFEST_TYPE, Envelope, load_private_key, load_trusted
+from hotrelease.trust.labels import make_label, save_label, sign_label
 
 NOW = datetime(2026, 11, 24, 12, tzinfo=UTC)
 DIGEST = "ab" * 32

@@ -9,9 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hotrelease.cron import parse_cron
 from hotrelease.errors import ConfigError
-from hotrelease.lanes import (
+from hotrelease.gate.cron import parse_cron
+from hotrelease.gate.policy import Policy
+from hotrelease.gate.schedule import (
     SEARCH_HORIZON,
     Freeze,
     Interval,
@@ -25,7 +26,6 @@ from hotrelease.lanes import (
     route_scheduled,
     route_urgent,
 )
-from hotrelease.policy import Policy
 
 UTC_ZONE = ZoneInfo("UTC")
 BERLIN, NEW_YORK, SHANGHAI = (ZoneInfo("Europe/Berlin"), ZoneInfo("America/New_York"),
@@ -394,7 +394,7 @@ def test_freeze_config_dates_and_datetimes() -> None:
     import tomllib
     from pathlib import Path
 
-    from hotrelease.config import parse_config
+    from hotrelease.config.project import parse_config
 
     text = """
 [plugin]
@@ -430,7 +430,7 @@ timezone = "Asia/Shanghai"
 def test_no_windows_means_no_start_time_even_outside_freezes():
     """Scheduled releases need a window: with none configured there is no start time (the
     CLI refuses with a config error) — a freeze cannot be sidestepped by deleting windows."""
-    from hotrelease.lanes import route_scheduled
+    from hotrelease.gate.schedule import route_scheduled
 
     freeze = Freeze("launch", fixed=Interval(utc(2026, 12, 20), utc(2026, 12, 22)))
     for moment in (utc(2026, 12, 20, 12), utc(2026, 12, 23, 12)):

@@ -82,7 +82,7 @@ def test_this_projects_own_ci_passes_the_schema(tmp_path: Path) -> None:
 
 
 def test_generated_children_pass_the_schema(tmp_path: Path) -> None:
-    from hotrelease.pipeline import ChildSpec, StageJob, render_child
+    from hotrelease.ci.pipeline import ChildSpec, StageJob, render_child
 
     stages = [StageJob("canary", False, ("n1",)), StageJob("wave-1", True, ("n2",)),
               StageJob("all", True, ("n3",))]

@@ -330,8 +330,8 @@ def test_documented_example_config_parses() -> None:
     import re
     import tomllib
 
-    from hotrelease.config import parse_config
-    from hotrelease.policy import Policy
+    from hotrelease.config.project import parse_config
+    from hotrelease.gate.policy import Policy
 
     doc = (Path(__file__).resolve().parent.parent / "docs" / "classify.md").read_text()
     (block,) = [b for b in re.findall(r"```toml\n(.*?)```", doc, re.S) if "[[windows]]" in b]

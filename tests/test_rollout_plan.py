@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hotrelease.configreader import Table
+from hotrelease.config.reader import Table
 from hotrelease.errors import ConfigError
-from hotrelease.rollout import DEFAULT_STAGES, Node, StageSpec, parse_inventory, plan_stages
+from hotrelease.rollout.plan import DEFAULT_STAGES, Node, StageSpec, parse_inventory, plan_stages
 
 
 def fleet(n: int, groups: tuple[str, ...] = ()) -> list[Node]:

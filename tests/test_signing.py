@@ -9,7 +9,7 @@ import stat
 import pytest
 
 from hotrelease.errors import EXIT_OK, EXIT_USAGE, KeyFileError, SignatureError
-from hotrelease.signing import (
+from hotrelease.trust.keys import (
     APPROVAL_TYPE,
     MANIFEST_TYPE,
     Envelope,

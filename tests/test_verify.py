@@ -156,10 +156,10 @@ def test_expired_manifest_is_refused(cli, build_plugin):
 def test_bundle_with_extra_member_is_refused(cli, build_plugin, tmp_path):
     """A bundle whose digest matches but whose listing disagrees cannot exist; test the
     listing check directly with a re-packed bundle and a consistent bundle digest."""
-    from hotrelease.bundle import create_bundle, scan_bundle
+    from hotrelease.build.bundle import create_bundle, scan_bundle
     from hotrelease.errors import DigestMismatchError
-    from hotrelease.manifest import load_manifest
-    from hotrelease.verify import verify_bundle_files
+    from hotrelease.trust.manifest import load_manifest
+    from hotrelease.trust.verify import verify_bundle_files
 
     release = build_plugin("1.0.0")
     manifest = load_manifest(release.manifest)

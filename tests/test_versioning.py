@@ -7,7 +7,8 @@ import semver
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hotrelease.classify import (
+from hotrelease.errors import VersionError
+from hotrelease.gate.classify import (
     DOWNGRADE,
     INITIAL,
     MAJOR,
@@ -17,8 +18,7 @@ from hotrelease.classify import (
     PRERELEASE,
     compute_bump,
 )
-from hotrelease.errors import VersionError
-from hotrelease.versioning import (
+from hotrelease.trust.versions import (
     highest_below,
     highest_tag_below,
     parse_version,

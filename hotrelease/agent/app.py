@@ -39,7 +39,6 @@ from hotrelease.agent.service import (
     TooLarge,
 )
 from hotrelease.agent.store import crash_point, remove_tree
-from hotrelease.canonical import MAX_JSON_DEPTH, JSONInputError, strict_loads
 from hotrelease.errors import (
     HotreleaseError,
     PolicyError,
@@ -47,7 +46,8 @@ from hotrelease.errors import (
     UsageError,
     VerificationError,
 )
-from hotrelease.versioning import MAX_VERSION_LENGTH
+from hotrelease.trust.canonical import MAX_JSON_DEPTH, JSONInputError, strict_loads
+from hotrelease.trust.versions import MAX_VERSION_LENGTH
 
 _bearer = HTTPBearer(auto_error=False, description="Bearer token (stored hashed in agent.toml)")
 

@@ -13,7 +13,7 @@ from typing import Any
 import requests
 
 from hotrelease import errors as E
-from hotrelease.verify import signature_path_for
+from hotrelease.trust.verify import signature_path_for
 
 MANIFEST_HEADER = "X-Hotrelease-Manifest"
 SIGNATURE_HEADER = "X-Hotrelease-Signature"
@@ -133,7 +133,7 @@ class AgentClient:
     def upload(self, manifest_path: Path, sig_path: Path | None = None,
                bundle_path: Path | None = None) -> dict[str, Any]:
         """PUT the bundle (streamed from disk) with the signed manifest in two headers."""
-        from hotrelease.canonical import strict_loads
+        from hotrelease.trust.canonical import strict_loads
 
         manifest_path = Path(manifest_path)
         data = manifest_path.read_bytes()

@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hotrelease.agent.auth import MIN_TOKEN_LENGTH, TokenEntry, is_token_hash
-from hotrelease.configreader import Table, load_toml
+from hotrelease.config.reader import Table, load_toml
 from hotrelease.errors import ConfigError
-from hotrelease.extract import DEFAULT_LIMITS, PATH_HEADROOM, PATH_MAX, ExtractLimits
-from hotrelease.manifest import check_name
-from hotrelease.signing import PublicKey, load_trusted
+from hotrelease.trust.archive import DEFAULT_LIMITS, PATH_HEADROOM, PATH_MAX, ExtractLimits
+from hotrelease.trust.keys import PublicKey, load_trusted
+from hotrelease.trust.manifest import check_name
 
 DEFAULT_PORT = 7701
 DEFAULT_MAX_UPLOAD = 512 * 1024 * 1024

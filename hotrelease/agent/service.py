@@ -28,8 +28,7 @@ from hotrelease.agent.hooks import (
     terminate_running_hooks,
 )
 from hotrelease.agent.store import Store, crash_point, fsync_dir, utcnow, write_json
-from hotrelease.canonical import clip, pretty_bytes
-from hotrelease.checksum import sha256_file
+from hotrelease.build.checksum import sha256_file
 from hotrelease.errors import (
     DigestMismatchError,
     ExpiredError,
@@ -42,9 +41,11 @@ from hotrelease.errors import (
     UsageError,
     VerificationError,
 )
-from hotrelease.extract import safe_extract
-from hotrelease.labels import verify_label
-from hotrelease.manifest import (
+from hotrelease.trust.archive import safe_extract
+from hotrelease.trust.canonical import clip, pretty_bytes
+from hotrelease.trust.keys import APPROVAL_TYPE, Envelope, verify_signed_json
+from hotrelease.trust.labels import verify_label
+from hotrelease.trust.manifest import (
     MAX_NAME_LENGTH,
     FileEntry,
     ReleaseManifest,
@@ -53,9 +54,12 @@ from hotrelease.manifest import (
     format_time,
     parse_manifest_bytes,
 )
-from hotrelease.signing import APPROVAL_TYPE, Envelope, verify_signed_json
-from hotrelease.verify import verify_bundle_digest, verify_bundle_files, verify_manifest_document
-from hotrelease.versioning import MAX_VERSION_LENGTH, parse_version
+from hotrelease.trust.verify import (
+    verify_bundle_digest,
+    verify_bundle_files,
+    verify_manifest_document,
+)
+from hotrelease.trust.versions import MAX_VERSION_LENGTH, parse_version
 
 MANIFEST_HEADER = "x-hotrelease-manifest"
 SIGNATURE_HEADER = "x-hotrelease-signature"
@@ -444,7 +448,7 @@ class Agent:
         a CI token alone cannot push past the nodes ops left ungated."""
         if not self.config.approval_keys:
             return
-        from hotrelease.approvals import verify_signed_approval
+        from hotrelease.trust.approvals import verify_signed_approval
 
         given = record.get("approval")
         if not isinstance(given, dict) or not isinstance(given.get("approval"), dict) \
@@ -647,7 +651,7 @@ class Agent:
                      envelope: Any) -> dict[str, Any]:
         """Record a stage approval in history. With `[trust] approval_keys` configured it
         must be signed by enough of them; without, it is recorded as unverified."""
-        from hotrelease.approvals import Approval
+        from hotrelease.trust.approvals import Approval
 
         self.plugin(name, who=who, action="approval")
         record: dict[str, Any] = {"action": "approval", "who": who}

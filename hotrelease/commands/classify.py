@@ -48,7 +48,7 @@ DOTENV_OPTION = typer.Option(None, "--dotenv", metavar="FILE", dir_okay=False,
 
 def _optional_config(explicit: Path | None) -> Any | None:
     """The project config if there is one; classify works without (default policy)."""
-    from hotrelease.config import find_config, load_config
+    from hotrelease.config.project import find_config, load_config
 
     try:
         path = find_config(explicit)
@@ -62,12 +62,12 @@ def _decide(config: Path | None, manifest: Path | None, version: str | None, nam
             bundle_sha256: str | None, rollback: bool, now: str | None) -> Any:
     if manifest is not None and version is not None:
         raise UsageError("give --manifest or --version, not both")
-    from hotrelease.gittags import open_view
+    from hotrelease.build.git import open_view
 
     view = open_view(repo or Path.cwd())  # git lists tags while we read the rest
 
-    from hotrelease.gate import decide_release
-    from hotrelease.manifest import load_manifest
+    from hotrelease.gate.inputs import decide_release
+    from hotrelease.trust.manifest import load_manifest
 
     cfg = _optional_config(config)
     loaded = load_manifest(existing_file(manifest, "manifest")) if manifest else None
@@ -140,7 +140,7 @@ def plan_cmd(
         raise ConfigError(f"cannot plan {decision.name} {decision.version}: {why}")
     notified: list[str] = []
     if notify and decision.notify:
-        from hotrelease.notify import nobody_to_notify, notify_urgent
+        from hotrelease.rollout.notify import nobody_to_notify, notify_urgent
 
         nobody = nobody_to_notify(cfg.notify if cfg is not None else None,
                                   cfg.path if cfg is not None else "no hotrelease.toml")
@@ -186,7 +186,7 @@ def _stage_plan(cfg: Any | None, decision: Any) -> list[Any] | None:
     inventory = getattr(cfg, "inventory", None)
     if inventory is None or not inventory.nodes or decision.lane == "none":
         return None
-    from hotrelease.rollout import release_plan
+    from hotrelease.rollout.plan import release_plan
 
     return release_plan(f"{decision.name}@{decision.version}", inventory, decision.lane,
                         gated=decision.approval_stages, canary_only=decision.canary_only)
@@ -199,7 +199,7 @@ def windows_cmd(
     json_out: bool = JSON_OPTION,
 ) -> None:
     """List the next N maintenance windows (freezes already cut out)."""
-    from hotrelease.config import load_config
+    from hotrelease.config.project import load_config
 
     cfg = load_config(config)
     moment = parse_now(now)
@@ -257,9 +257,9 @@ def label_security(
     now: str | None = NOW_OPTION, json_out: bool = JSON_OPTION,
 ) -> None:
     """Write a security label signed by a security-team key (run again to co-sign)."""
-    from hotrelease.labels import label_path_for, make_label, save_label, sign_label
-    from hotrelease.manifest import load_manifest
-    from hotrelease.signing import load_private_key
+    from hotrelease.trust.keys import load_private_key
+    from hotrelease.trust.labels import label_path_for, make_label, save_label, sign_label
+    from hotrelease.trust.manifest import load_manifest
 
     if manifest is not None:
         m = load_manifest(existing_file(manifest, "manifest"))
@@ -297,10 +297,10 @@ def label_security(
 
 def _cosign_target(path: Path, wanted: Any) -> tuple[Any, Any]:
     """An existing label for the same release and advisory is co-signed, not replaced."""
-    from hotrelease.canonical import strict_loads
     from hotrelease.errors import HotreleaseError
-    from hotrelease.labels import SecurityLabel
-    from hotrelease.signing import Envelope
+    from hotrelease.trust.canonical import strict_loads
+    from hotrelease.trust.keys import Envelope
+    from hotrelease.trust.labels import SecurityLabel
 
     try:
         existing = SecurityLabel.from_dict(strict_loads(path.read_bytes()))

@@ -1,6 +1,6 @@
 """init, pipeline: how a plugin repository adopts hotrelease in GitLab CI.
 
-Thin: parse, call `hotrelease.scaffold` / `hotrelease.pipeline`, format. Heavy imports stay
+Thin: parse, call `hotrelease.ci.scaffold` / `hotrelease.ci.pipeline`, format. Heavy imports stay
 inside the functions so `hotrelease --help` stays fast.
 """
 
@@ -48,7 +48,7 @@ def init_cmd(
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Write hotrelease.toml, .gitlab-ci.yml, the pipeline, agent config, unit and a plugin."""
-    from hotrelease.scaffold import DEFAULT_WINDOW, InitOptions, init_project, parse_node
+    from hotrelease.ci.scaffold import DEFAULT_WINDOW, InitOptions, init_project, parse_node
 
     if go and python:
         raise UsageError("give --go or --python, not both")
@@ -118,7 +118,7 @@ def pipeline_cmd(
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Write the child pipeline for a lane (GitLab: trigger: include: - artifact:)."""
-    from hotrelease.pipeline import gather_spec, render_child
+    from hotrelease.ci.pipeline import gather_spec, render_child
 
     spec = gather_spec(lane=lane, manifest=manifest, config=config, plan_digest=plan,
                        now=parse_now(now), env=os.environ, environment=environment,

@@ -43,7 +43,7 @@ def publish(
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Upload and activate a release stage by stage (canary, approval, waves)."""
-    from hotrelease.fleet import FleetSession
+    from hotrelease.rollout.session import FleetSession
 
     session = FleetSession.open(manifest, config=config, now=parse_now(now), labels=label)
     report = session.publish(stage=stage, all_stages=all_stages, plan_digest=plan,
@@ -73,12 +73,12 @@ def approve(
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Approve a stage of this exact build; recorded on the agents' history."""
-    from hotrelease.fleet import FleetSession
+    from hotrelease.rollout.session import FleetSession
 
     session = FleetSession.open(manifest, config=config, now=parse_now(now), labels=label)
     private = None
     if key is not None or key_env is not None:
-        from hotrelease.signing import load_private_key
+        from hotrelease.trust.keys import load_private_key
 
         private = load_private_key(key, env=None if key else key_env,
                                    passphrase=read_passphrase(passphrase_env))
@@ -105,7 +105,7 @@ def status(
 ) -> None:
     """Per node: version, previous, health, since, reachable; per release: stage reached,
     approvals, pending window."""
-    from hotrelease.fleet import FleetSession, fleet_status
+    from hotrelease.rollout.session import FleetSession, fleet_status
 
     if manifest is not None:
         session = FleetSession.open(manifest, config=config, now=parse_now(now), labels=label)
@@ -115,7 +115,7 @@ def status(
     if json_out:
         emit_json(result)
     else:
-        from hotrelease.fleet import format_status
+        from hotrelease.rollout.session import format_status
 
         for line in format_status(result):
             typer.echo(line)
@@ -135,7 +135,7 @@ def rollback(
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Roll nodes running this release back to their previous version."""
-    from hotrelease.fleet import FleetSession
+    from hotrelease.rollout.session import FleetSession
 
     session = FleetSession.open(manifest, config=config, now=parse_now(now), labels=label)
     result = session.rollback(stage=stage, dry_run=dry_run, allow_expired=allow_expired)

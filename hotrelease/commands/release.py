@@ -31,7 +31,7 @@ def keygen(
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Generate an Ed25519 key pair for signing releases, labels or approvals."""
-    from hotrelease.signing import generate_keypair
+    from hotrelease.trust.keys import generate_keypair
 
     public = generate_keypair(out, read_passphrase(passphrase_env))
     if json_out:
@@ -53,8 +53,8 @@ def build(
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Run the plugin build, then write bundle, manifest and SHA256SUMS."""
-    from hotrelease.artifact import build_release
-    from hotrelease.config import load_config
+    from hotrelease.build.artifact import build_release
+    from hotrelease.config.project import load_config
 
     cfg = load_config(config)
     result = build_release(cfg, version=version, out_dir=out, allow_dirty=allow_dirty,
@@ -84,8 +84,8 @@ def sign(
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Add a signature to MANIFEST.sig (run again with another key for k-of-n)."""
-    from hotrelease.signing import load_private_key
-    from hotrelease.verify import sign_manifest
+    from hotrelease.trust.keys import load_private_key
+    from hotrelease.trust.verify import sign_manifest
 
     existing_file(manifest, "manifest")
     if key is None and key_env is None:
@@ -115,8 +115,8 @@ def verify(
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Check signatures, threshold, expiry, and every digest and size of the bundle."""
-    from hotrelease.signing import load_trusted
-    from hotrelease.verify import verify_release
+    from hotrelease.trust.keys import load_trusted
+    from hotrelease.trust.verify import verify_release
 
     keys = load_trusted(trusted)
     if threshold > len(keys):
@@ -143,7 +143,7 @@ def config_check(
 ) -> None:
     """Validate a config file: unknown keys, types, required keys; warn about settings that
     are valid but probably not meant."""
-    from hotrelease.config import config_warnings, load_config
+    from hotrelease.config.project import config_warnings, load_config
 
     cfg = load_config(config)
     warnings = config_warnings(cfg)
@@ -167,7 +167,7 @@ def demo(
     nodes: int = typer.Option(3, "--nodes", min=1, max=20, help="Local agents to start."),
 ) -> None:
     """Run the whole product locally: agents, build, sign, classify, publish (temp dir)."""
-    from hotrelease.demo import run_demo
+    from hotrelease.ci.demo import run_demo
 
     run_demo(typer.echo, nodes)
 

@@ -1,7 +1,7 @@
 """One release against the configured fleet: gathers config, manifest, decision, stage plan
 and agent clients, then publishes, approves, reports or rolls back.
 
-This is the layer the CLI calls; the stage engine itself is `hotrelease.publish.Publisher`.
+This is the layer the CLI calls; the stage engine itself is `hotrelease.rollout.engine.Publisher`.
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from hotrelease.approvals import Approval
-from hotrelease.config import ProjectConfig, load_config
+from hotrelease.config.project import ProjectConfig, load_config
 from hotrelease.errors import (
     ConfigError,
     HotreleaseError,
@@ -26,9 +25,10 @@ from hotrelease.errors import (
     UnreachableError,
     UsageError,
 )
-from hotrelease.manifest import ReleaseManifest, format_time, load_manifest
-from hotrelease.publish import AgentAPI, Event, NodeState, Publisher, read_fleet
-from hotrelease.rollout import Inventory, StagePlan, release_plan
+from hotrelease.rollout.engine import AgentAPI, Event, NodeState, Publisher, read_fleet
+from hotrelease.rollout.plan import Inventory, StagePlan, release_plan
+from hotrelease.trust.approvals import Approval
+from hotrelease.trust.manifest import ReleaseManifest, format_time, load_manifest
 
 TOKEN_ENV_DEFAULT = "HOTRELEASE_AGENT_TOKEN"
 
@@ -115,7 +115,7 @@ class FleetSession:
     @classmethod
     def open(cls, manifest_path: Path, *, config: Path | None, now: datetime,
              labels: Sequence[Path] = ()) -> FleetSession:
-        from hotrelease.gate import decide_release
+        from hotrelease.gate.inputs import decide_release
 
         cfg = load_config(config)
         manifest = _verified_manifest(cfg, manifest_path, now)
@@ -202,7 +202,7 @@ class FleetSession:
     def _notify(self) -> None:
         if not self.decision.notify:
             return
-        from hotrelease.notify import nobody_to_notify, notify_urgent
+        from hotrelease.rollout.notify import nobody_to_notify, notify_urgent
 
         nobody = nobody_to_notify(self.cfg.notify, self.cfg.path)
         if nobody is not None:
@@ -220,8 +220,8 @@ class FleetSession:
         rollout itself counts it against the stage."""
         if self.decision.release_class != "security":
             return
-        from hotrelease.canonical import strict_loads
-        from hotrelease.labels import label_path_for
+        from hotrelease.trust.canonical import strict_loads
+        from hotrelease.trust.labels import label_path_for
 
         paths = list(self.labels) or [label_path_for(self.manifest.name,
                                                      self.manifest.version,
@@ -394,8 +394,8 @@ def _no_node_took_it(what: str, errors: dict[str, HotreleaseError]) -> Hotreleas
 def _verified_manifest(cfg: ProjectConfig, path: Path, now: datetime) -> ReleaseManifest:
     """Verify locally when release keys are configured (agents verify again anyway)."""
     if cfg.trust.release_keys:
-        from hotrelease.signing import load_trusted
-        from hotrelease.verify import verify_release
+        from hotrelease.trust.keys import load_trusted
+        from hotrelease.trust.verify import verify_release
 
         return verify_release(path, trusted=load_trusted(cfg.trust.release_keys),
                               threshold=cfg.trust.threshold, now=now)

@@ -10,16 +10,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from hotrelease.bundle import scan_bundle
-from hotrelease.checksum import sha256_file
+from hotrelease.build.bundle import scan_bundle
+from hotrelease.build.checksum import sha256_file
 from hotrelease.errors import (
     DigestMismatchError,
     IdentityMismatchError,
     ManifestFormatError,
     SizeMismatchError,
 )
-from hotrelease.manifest import FileEntry, ReleaseManifest, parse_manifest_bytes
-from hotrelease.signing import MANIFEST_TYPE, Envelope, PublicKey, verify_envelope
+from hotrelease.trust.keys import MANIFEST_TYPE, Envelope, PublicKey, verify_envelope
+from hotrelease.trust.manifest import FileEntry, ReleaseManifest, parse_manifest_bytes
 
 
 def signature_path_for(manifest_path: Path) -> Path:

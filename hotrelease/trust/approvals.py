@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from hotrelease.canonical import canonical_bytes
 from hotrelease.errors import ExpiredError, IdentityMismatchError, ManifestFormatError
-from hotrelease.manifest import _expect, check_name, check_version, format_time, parse_time
-from hotrelease.signing import APPROVAL_TYPE, Envelope, PublicKey, verify_signed_json
+from hotrelease.trust.canonical import canonical_bytes
+from hotrelease.trust.keys import APPROVAL_TYPE, Envelope, PublicKey, verify_signed_json
+from hotrelease.trust.manifest import _expect, check_name, check_version, format_time, parse_time
 
 APPROVAL_FORMAT = "hotrelease/approval/v1"
 

@@ -19,8 +19,8 @@ from importlib import resources
 from pathlib import Path
 
 from hotrelease.errors import HotreleaseError
-from hotrelease.signing import generate_keypair, load_private_key
-from hotrelease.verify import sign_manifest
+from hotrelease.trust.keys import generate_keypair, load_private_key
+from hotrelease.trust.verify import sign_manifest
 
 Say = Callable[[str], None]
 
@@ -99,7 +99,7 @@ class Demo:
         self.repo = base / "greeter"
 
     def run(self) -> None:
-        from hotrelease.localfleet import LocalFleet
+        from hotrelease.rollout.localfleet import LocalFleet
 
         self.keys.mkdir()
         release = generate_keypair(self.keys / "release")
@@ -163,8 +163,8 @@ class Demo:
 
     # --- helpers ----------------------------------------------------------------------------
     def build(self, version: str, broken: bool = False) -> Path:
-        from hotrelease.artifact import build_release
-        from hotrelease.config import load_config
+        from hotrelease.build.artifact import build_release
+        from hotrelease.config.project import load_config
 
         env = {**os.environ, "SOURCE_DATE_EPOCH": "1700000000"}
         if broken:
@@ -177,7 +177,7 @@ class Demo:
         return result.manifest_path
 
     def session(self, manifest: Path, now: datetime):  # -> FleetSession
-        from hotrelease.fleet import FleetSession
+        from hotrelease.rollout.session import FleetSession
 
         return FleetSession.open(manifest, config=self.repo / "hotrelease.toml", now=now)
 
@@ -202,8 +202,8 @@ class Demo:
                  f"{len(result['recorded_on'])} agents (by {result['approved_by']})")
 
     def label(self, manifest: Path, now: datetime) -> None:
-        from hotrelease.labels import label_path_for, make_label, save_label, sign_label
-        from hotrelease.manifest import load_manifest
+        from hotrelease.trust.labels import label_path_for, make_label, save_label, sign_label
+        from hotrelease.trust.manifest import load_manifest
 
         m = load_manifest(manifest)
         label = make_label(name=m.name, version=m.version, bundle_sha256=m.bundle.sha256,
@@ -214,7 +214,7 @@ class Demo:
                  "(signed by the security key)")
 
     def status(self, title: str) -> None:
-        from hotrelease.fleet import fleet_status, format_status
+        from hotrelease.rollout.session import fleet_status, format_status
 
         result = fleet_status(config=self.repo / "hotrelease.toml", plugin=None)
         serving = {n.name: n.serving() for n in self.fleet.nodes}

@@ -21,14 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from hotrelease import __version__
-from hotrelease.bundle import create_bundle
-from hotrelease.checksum import sha256_file, write_sha256sums
-from hotrelease.config import ProjectConfig
+from hotrelease.build.bundle import create_bundle
+from hotrelease.build.checksum import sha256_file, write_sha256sums
+from hotrelease.config.project import ProjectConfig
 from hotrelease.errors import BuildError, UsageError
-from hotrelease.gitsource import SourceState, read_source_state
-from hotrelease.goabi import go_abi_facts
-from hotrelease.manifest import BundleRef, ReleaseManifest, format_time
-from hotrelease.versioning import parse_version
+from hotrelease.build.gitsource import SourceState, read_source_state
+from hotrelease.build.goabi import go_abi_facts
+from hotrelease.trust.manifest import BundleRef, ReleaseManifest, format_time
+from hotrelease.trust.versions import parse_version
 
 # GitLab CI variables recorded as provenance when present.
 CI_VARIABLES = {

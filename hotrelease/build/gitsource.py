@@ -8,7 +8,7 @@ from pathlib import Path
 import semver
 
 from hotrelease.errors import GitError
-from hotrelease.versioning import version_from_tag
+from hotrelease.trust.versions import version_from_tag
 
 
 @dataclass

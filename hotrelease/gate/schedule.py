@@ -19,8 +19,8 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from hotrelease.cron import CronExpr
-from hotrelease.policy import Policy
+from hotrelease.gate.cron import CronExpr
+from hotrelease.gate.policy import Policy
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 SEARCH_CHUNK = timedelta(days=16)

@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING, Any
 import semver
 
 from hotrelease.errors import HotreleaseError
-from hotrelease.lanes import Reason
-from hotrelease.policy import SIGNED_LABEL, SOURCE_WORDS, Policy
+from hotrelease.gate.policy import SIGNED_LABEL, SOURCE_WORDS, Policy
+from hotrelease.gate.schedule import Reason
 
 if TYPE_CHECKING:  # cryptography is imported only when a label is actually checked
-    from hotrelease.signing import PublicKey
+    from hotrelease.trust.keys import PublicKey
 
 MAJOR, MINOR, PATCH, PRERELEASE = "major", "minor", "patch", "prerelease"
 NONE, DOWNGRADE, INITIAL = "none", "downgrade", "initial"
@@ -102,8 +102,8 @@ def check_label(data: dict[str, Any], envelope: Any, *, where: str,
     """Verify a signed label into a claim; a failure becomes the claim's `problem`."""
     import hashlib
 
-    from hotrelease.canonical import canonical_bytes
-    from hotrelease.labels import verify_label
+    from hotrelease.trust.canonical import canonical_bytes
+    from hotrelease.trust.labels import verify_label
 
     if not trusted:
         return SecurityClaim(SIGNED_LABEL, where, data.get("advisory"), signed=True,

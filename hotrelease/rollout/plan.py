@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from hotrelease.configreader import Table, load_toml
+from hotrelease.config.reader import Table, load_toml
 
 LANES = ("scheduled", "urgent")
 

@@ -20,8 +20,8 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from hotrelease.canonical import JSONInputError, canonical_bytes, pretty_bytes, strict_loads
 from hotrelease.errors import KeyFileError, ManifestFormatError, SignatureError, ThresholdError
+from hotrelease.trust.canonical import JSONInputError, canonical_bytes, pretty_bytes, strict_loads
 
 ENVELOPE_FORMAT = "hotrelease/envelope/v1"
 # Payload types double as roles: the same key may hold several, but a signature made for one

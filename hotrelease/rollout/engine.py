@@ -23,9 +23,9 @@ from hotrelease.errors import (
     PolicyError,
     UnreachableError,
 )
-from hotrelease.manifest import ReleaseManifest
-from hotrelease.rollout import Node, RolloutSettings, StagePlan
-from hotrelease.versioning import parse_version
+from hotrelease.rollout.plan import Node, RolloutSettings, StagePlan
+from hotrelease.trust.manifest import ReleaseManifest
+from hotrelease.trust.versions import parse_version
 
 
 class AgentAPI(Protocol):
@@ -223,7 +223,7 @@ class Publisher:
         it is for this build and stage, names every node of the stage and has not expired
         (checked here too, not only by agents that hold approver keys). Why the last
         candidate did not count is kept in `approval_problem` for the message."""
-        from hotrelease.approvals import Approval, check_approval
+        from hotrelease.trust.approvals import Approval, check_approval
 
         self.approval_problem = None
         digest = self.manifest.bundle.sha256

@@ -10,10 +10,9 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from hotrelease.configreader import Table, load_toml
+from hotrelease.config.reader import Table, load_toml
 from hotrelease.errors import ConfigError
-from hotrelease.manifest import PLUGIN_KINDS, Dependency, check_name
-from hotrelease.policy import (
+from hotrelease.gate.policy import (
     BASELINE_SOURCES,
     CLASSES,
     LANES,
@@ -21,7 +20,8 @@ from hotrelease.policy import (
     SECURITY_SOURCES,
     Policy,
 )
-from hotrelease.rollout import Inventory, parse_inventory
+from hotrelease.rollout.plan import Inventory, parse_inventory
+from hotrelease.trust.manifest import PLUGIN_KINDS, Dependency, check_name
 
 CONFIG_NAME = "hotrelease.toml"
 
@@ -159,8 +159,8 @@ def _policy(t: Table) -> Policy:
 
 
 def _recurrence(t: Table, tz: ZoneInfo):  # -> lanes.Recurrence
-    from hotrelease.cron import parse_cron
-    from hotrelease.lanes import Recurrence, parse_clock, parse_days, parse_duration
+    from hotrelease.gate.cron import parse_cron
+    from hotrelease.gate.schedule import Recurrence, parse_clock, parse_days, parse_duration
 
     duration = t.parse("duration", parse_duration, expected="a duration like 2h, 90m, 1h30m")
     if t.has("cron"):
@@ -176,13 +176,13 @@ def _recurrence(t: Table, tz: ZoneInfo):  # -> lanes.Recurrence
 
 
 def _zone(t: Table) -> ZoneInfo:
-    from hotrelease.lanes import parse_zone
+    from hotrelease.gate.schedule import parse_zone
 
     return t.parse("timezone", parse_zone, expected="an IANA time zone like Europe/Berlin")
 
 
 def _windows(tables: list[Table]) -> list[Any]:
-    from hotrelease.lanes import Window
+    from hotrelease.gate.schedule import Window
 
     out, names = [], set()
     for i, t in enumerate(tables):
@@ -214,7 +214,7 @@ def _freeze_moment(value: Any, tz: ZoneInfo, *, end: bool) -> datetime:
 def _freezes(tables: list[Table]) -> list[Any]:
     from datetime import UTC
 
-    from hotrelease.lanes import Freeze, Interval
+    from hotrelease.gate.schedule import Freeze, Interval
 
     out = []
     for i, t in enumerate(tables):
@@ -264,7 +264,7 @@ def _notify(t: Table) -> NotifyConfig:
 
 
 def parse_config(data: dict, path: Path) -> ProjectConfig:
-    from hotrelease.lanes import Schedule
+    from hotrelease.gate.schedule import Schedule
 
     top = Table(data, path)
     base = path.parent

@@ -231,7 +231,7 @@ def render_child(spec: ChildSpec) -> str:
 
 
 def _stage_specs(cfg: Any, lane: str) -> list[StageJob]:
-    from hotrelease.rollout import DEFAULT_STAGES
+    from hotrelease.rollout.plan import DEFAULT_STAGES
 
     inventory = getattr(cfg, "inventory", None)
     specs = (inventory.stages.get(lane) if inventory is not None else None) or \
@@ -244,8 +244,8 @@ def gather_spec(*, lane: str, manifest: Path, config: Path | None, plan_digest: 
                 image: str | None = None, pip_spec: str | None = None,
                 parent_job: str = DEFAULT_PARENT_JOB, skip_done: bool = False) -> ChildSpec:
     """The decision for MANIFEST under the project config, cross-checked against `lane`."""
-    from hotrelease.config import load_config
-    from hotrelease.manifest import load_manifest
+    from hotrelease.config.project import load_config
+    from hotrelease.trust.manifest import load_manifest
 
     if lane not in LANES:
         raise UsageError(f"--lane must be one of {', '.join(LANES)}, got {lane!r}")
@@ -256,7 +256,7 @@ def gather_spec(*, lane: str, manifest: Path, config: Path | None, plan_digest: 
     stages: list[StageJob]
     done: list[str] = []
     if inventory is not None and inventory.nodes:
-        from hotrelease.fleet import FleetSession
+        from hotrelease.rollout.session import FleetSession
 
         session = FleetSession.open(manifest, config=cfg.path, now=now)
         decision = session.decision
@@ -267,7 +267,7 @@ def gather_spec(*, lane: str, manifest: Path, config: Path | None, plan_digest: 
         if skip_done and decision.lane == lane:
             done = _done_stages(session)
     else:
-        from hotrelease.gate import decide_release
+        from hotrelease.gate.inputs import decide_release
 
         m = load_manifest(manifest)
         decision = decide_release(cfg, manifest=m, manifest_path=manifest, repo=cfg.root,

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from hotrelease.canonical import canonical_bytes
-from hotrelease.classify import Classification, SecurityClaim
-from hotrelease.lanes import Reason, Routing, Schedule, Slot, route_scheduled, route_urgent
-from hotrelease.policy import Policy
+from hotrelease.gate.classify import Classification, SecurityClaim
+from hotrelease.gate.policy import Policy
+from hotrelease.gate.schedule import Reason, Routing, Schedule, Slot, route_scheduled, route_urgent
+from hotrelease.trust.canonical import canonical_bytes
 
 PLAN_FORMAT = "hotrelease/plan/v1"
 # Until stage configuration exists (issue 5): canary first, then the rest of the fleet.

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hotrelease.errors import UnsafeArchiveError
-from hotrelease.manifest import FileEntry
+from hotrelease.trust.manifest import FileEntry
 
 CHUNK = 1 << 20
 _SPECIAL_BITS = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX

@@ -16,13 +16,13 @@ from typing import Any
 
 import semver
 
-from hotrelease.canonical import strict_loads
-from hotrelease.classify import SecurityClaim, check_label, classify
-from hotrelease.decision import DEFAULT_STAGES, ReleaseDecision, Stages, decide
 from hotrelease.errors import UsageError
-from hotrelease.lanes import Schedule
-from hotrelease.policy import COMMIT_TRAILER, MR_LABEL, SIGNED_LABEL, TAG_TRAILER, Policy
-from hotrelease.versioning import highest_tag_below, parse_version
+from hotrelease.gate.classify import SecurityClaim, check_label, classify
+from hotrelease.gate.decision import DEFAULT_STAGES, ReleaseDecision, Stages, decide
+from hotrelease.gate.policy import COMMIT_TRAILER, MR_LABEL, SIGNED_LABEL, TAG_TRAILER, Policy
+from hotrelease.gate.schedule import Schedule
+from hotrelease.trust.canonical import strict_loads
+from hotrelease.trust.versions import highest_tag_below, parse_version
 
 SECURITY_TRAILER = "Security-Advisory"
 MR_LABELS_VARIABLE = "CI_MERGE_REQUEST_LABELS"
@@ -51,7 +51,7 @@ def read_git(source: Path | Any, candidate: semver.Version, *,
 
     `source` is a path inside a repository, or a `gittags.GitView` already opened (and
     already listing tags) by the caller; None from `open_view` means "not in git"."""
-    from hotrelease.gittags import commit_message, open_view, tag_message, trailer_values
+    from hotrelease.build.git import commit_message, open_view, tag_message, trailer_values
 
     view = open_view(source) if isinstance(source, Path) else source
     if view is None:
@@ -80,7 +80,7 @@ def load_label_claim(path: Path, *, trusted: dict[str, Any], threshold: int, now
     """Read LABEL and LABEL.sig; anything wrong becomes the claim's `problem`, so the output
     says why the update is not treated as security instead of stopping."""
     from hotrelease.errors import HotreleaseError
-    from hotrelease.signing import Envelope
+    from hotrelease.trust.keys import Envelope
 
     try:
         data = strict_loads(path.read_bytes())
@@ -160,13 +160,13 @@ def _label_claims(cfg: Any | None, labels: Sequence[Path], manifest_path: Path |
                   now: datetime) -> list[SecurityClaim]:
     paths = list(labels)
     if not paths and manifest_path is not None:
-        from hotrelease.labels import label_path_for
+        from hotrelease.trust.labels import label_path_for
 
         default = label_path_for(name, version, manifest_path.parent)
         paths = [default] if default.is_file() else []
     if not paths:
         return []
-    from hotrelease.signing import load_trusted
+    from hotrelease.trust.keys import load_trusted
 
     trusted = load_trusted(cfg.trust.security_keys) if cfg is not None else {}
     threshold = cfg.trust.security_threshold if cfg is not None else 1
@@ -193,8 +193,8 @@ def _fleet_baseline(cfg: Any, name: str, candidate: semver.Version
     inventory = getattr(cfg, "inventory", None)
     if inventory is None or not inventory.nodes:
         return None
-    from hotrelease.fleet import make_clients
-    from hotrelease.publish import read_fleet
+    from hotrelease.rollout.engine import read_fleet
+    from hotrelease.rollout.session import make_clients
 
     states = read_fleet(make_clients(inventory), name, [n.name for n in inventory.nodes],
                         inventory.settings)

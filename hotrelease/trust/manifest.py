@@ -14,9 +14,9 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from hotrelease.canonical import JSONInputError, canonical_bytes, pretty_bytes, strict_loads
 from hotrelease.errors import ExpiredError, ManifestFormatError, VersionError
-from hotrelease.versioning import parse_version
+from hotrelease.trust.canonical import JSONInputError, canonical_bytes, pretty_bytes, strict_loads
+from hotrelease.trust.versions import parse_version
 
 MANIFEST_FORMAT = "hotrelease/manifest/v1"
 PLUGIN_KINDS = ("python", "go", "generic")

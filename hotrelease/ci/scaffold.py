@@ -171,8 +171,8 @@ def render_files(opts: InitOptions, name: str, token_sha256: str) -> dict[str, s
 
 def _check_config(text: str, directory: Path) -> None:
     """Parse the rendered hotrelease.toml the way every command will (before writing)."""
-    from hotrelease.config import parse_config
-    from hotrelease.configreader import load_toml
+    from hotrelease.config.project import parse_config
+    from hotrelease.config.reader import load_toml
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "hotrelease.toml"
@@ -208,7 +208,7 @@ def _security_key(opts: InitOptions, directory: Path, result: InitResult) -> Non
     so the project and the agent config trust it from the start: the team's public key
     (--security-key), else the one already there, else a new pair whose private half waits
     in .hotrelease/ for the security team."""
-    from hotrelease.signing import generate_keypair, load_public_key
+    from hotrelease.trust.keys import generate_keypair, load_public_key
 
     public = directory / "keys" / "security.pub"
     private = directory / PRIVATE_DIR
@@ -235,7 +235,7 @@ def _security_key(opts: InitOptions, directory: Path, result: InitResult) -> Non
 
 def init_project(opts: InitOptions) -> InitResult:
     from hotrelease.agent.auth import hash_token
-    from hotrelease.signing import generate_keypair, load_public_key
+    from hotrelease.trust.keys import generate_keypair, load_public_key
 
     if opts.kind not in KINDS:
         raise UsageError(f"kind must be one of {', '.join(KINDS)}")
@@ -243,7 +243,7 @@ def init_project(opts: InitOptions) -> InitResult:
     if directory.exists() and not directory.is_dir():
         raise UsageError(f"{directory}: not a directory")
     name = opts.name or plugin_name_for(directory)
-    from hotrelease.manifest import check_name
+    from hotrelease.trust.manifest import check_name
 
     try:
         check_name(name)

@@ -16,9 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from hotrelease.checksum import CHUNK
+from hotrelease.build.checksum import CHUNK
 from hotrelease.errors import BuildError, UnsafeArchiveError
-from hotrelease.manifest import FileEntry, check_member_path
+from hotrelease.trust.manifest import FileEntry, check_member_path
 
 GZIP_LEVEL = 6  # tarfile's default is 9: ~3x slower for ~0.1% smaller output
 
