@@ -3,7 +3,7 @@
 
 Prints Markdown tables (paste them into issue notes as they are):
 
-1. checksum  -- `hotrelease.build.checksum.sha256_file` on a large file (warm page cache) against
+1. checksum  -- `hotrelease.trust.digest.sha256_file` on a large file (warm page cache) against
                 `openssl dgst -sha256` and `sha256sum` in the same run, a chunk-size sweep, and
                 the peak RSS of a separate process computing our checksum for two file sizes.
 2. bundle    -- `hotrelease.build.bundle.create_bundle` on a generated tree (text, random binary,
@@ -57,7 +57,7 @@ def _project():
     except ImportError:
         sys.path.insert(0, str(ROOT))
     from hotrelease.build.bundle import create_bundle
-    from hotrelease.build.checksum import CHUNK, sha256_file
+    from hotrelease.trust.digest import CHUNK, sha256_file
     return sha256_file, create_bundle, CHUNK
 
 
@@ -295,7 +295,7 @@ def bench_checksum(tmp: Path, args: argparse.Namespace) -> None:
                 ["variant", "median s", "MiB/s", "vs openssl"], rows, "lrrr")
 
     # Peak RSS: one fresh process per measurement, read with os.wait4.
-    ours_code = ("import sys; from pathlib import Path; from hotrelease.build.checksum import "
+    ours_code = ("import sys; from pathlib import Path; from hotrelease.trust.digest import "
                  "sha256_file; print(sha256_file(Path(sys.argv[1]))[0])")
     naive_code = ("import sys, hashlib; from pathlib import Path; "
                   "print(hashlib.sha256(Path(sys.argv[1]).read_bytes()).hexdigest())")
@@ -308,8 +308,8 @@ def bench_checksum(tmp: Path, args: argparse.Namespace) -> None:
     if size <= 2048 * MiB:  # contrast: proves the measurement sees file-sized buffers
         variants.append(("contrast: hashlib.sha256(read_bytes())",
                          lambda p: [py, "-c", naive_code, str(p)]))
-    base = run_rusage([py, "-c", "import hotrelease.build.checksum"], tmp)[1]
-    rows = [["baseline: python -c 'import hotrelease.build.checksum'", f"{base:.1f}", f"{base:.1f}",
+    base = run_rusage([py, "-c", "import hotrelease.trust.digest"], tmp)[1]
+    rows = [["baseline: python -c 'import hotrelease.trust.digest'", f"{base:.1f}", f"{base:.1f}",
              "+0.0", ""]]
     ours_peak = 0.0
     for name, cmd in variants:

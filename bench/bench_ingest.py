@@ -88,7 +88,7 @@ def wait_http(url: str, timeout: float = 30.0) -> None:
 
 def make_bundle(out: Path, name: str, files: dict[str, Path | bytes],
                 compress: int = 1) -> tuple[Path, list]:
-    from hotrelease.build.checksum import sha256_file
+    from hotrelease.trust.digest import sha256_file
     from hotrelease.trust.manifest import FileEntry
 
     out.mkdir(parents=True, exist_ok=True)
@@ -107,7 +107,7 @@ def make_bundle(out: Path, name: str, files: dict[str, Path | bytes],
 
 def make_manifest(out: Path, key_path: Path, name: str, version: str, bundle: Path,
                   entries: list) -> tuple[Path, Path]:
-    from hotrelease.build.checksum import sha256_file
+    from hotrelease.trust.digest import sha256_file
     from hotrelease.trust.keys import MANIFEST_TYPE, Envelope, load_private_key
     from hotrelease.trust.manifest import BundleRef, ReleaseManifest
 

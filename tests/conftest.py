@@ -166,7 +166,7 @@ def build_plugin(plugin_repo: GitRepo, make_key: Callable[..., KeyPair]):
     from hotrelease.build.artifact import build_release
     from hotrelease.config.project import load_config
     from hotrelease.trust.keys import load_private_key
-    from hotrelease.trust.verify import sign_manifest, signature_path_for
+    from hotrelease.trust.manifest import sign_manifest, signature_path_for
 
     default_key = make_key("release")
 

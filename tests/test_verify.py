@@ -156,8 +156,9 @@ def test_expired_manifest_is_refused(cli, build_plugin):
 def test_bundle_with_extra_member_is_refused(cli, build_plugin, tmp_path):
     """A bundle whose digest matches but whose listing disagrees cannot exist; test the
     listing check directly with a re-packed bundle and a consistent bundle digest."""
-    from hotrelease.build.bundle import create_bundle, scan_bundle
+    from hotrelease.build.bundle import create_bundle
     from hotrelease.errors import DigestMismatchError
+    from hotrelease.trust.archive import scan_bundle
     from hotrelease.trust.manifest import load_manifest
     from hotrelease.trust.verify import verify_bundle_files
 

@@ -18,14 +18,8 @@ from hotrelease.gate.classify import (
     PRERELEASE,
     compute_bump,
 )
-from hotrelease.trust.versions import (
-    highest_below,
-    highest_tag_below,
-    parse_version,
-    release_versions,
-    same_precedence,
-    version_from_tag,
-)
+from hotrelease.gate.versioning import highest_below, highest_tag_below, release_versions
+from hotrelease.trust.versions import parse_version, same_precedence, version_from_tag
 
 V = semver.Version.parse
 

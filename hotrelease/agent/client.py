@@ -13,7 +13,7 @@ from typing import Any
 import requests
 
 from hotrelease import errors as E
-from hotrelease.trust.verify import signature_path_for
+from hotrelease.trust.manifest import signature_path_for
 
 MANIFEST_HEADER = "X-Hotrelease-Manifest"
 SIGNATURE_HEADER = "X-Hotrelease-Signature"

@@ -28,7 +28,6 @@ from hotrelease.agent.hooks import (
     terminate_running_hooks,
 )
 from hotrelease.agent.store import Store, crash_point, fsync_dir, utcnow, write_json
-from hotrelease.build.checksum import sha256_file
 from hotrelease.errors import (
     DigestMismatchError,
     ExpiredError,
@@ -43,6 +42,7 @@ from hotrelease.errors import (
 )
 from hotrelease.trust.archive import safe_extract
 from hotrelease.trust.canonical import clip, pretty_bytes
+from hotrelease.trust.digest import sha256_file
 from hotrelease.trust.keys import APPROVAL_TYPE, Envelope, verify_signed_json
 from hotrelease.trust.labels import verify_label
 from hotrelease.trust.manifest import (

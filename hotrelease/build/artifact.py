@@ -22,10 +22,11 @@ from typing import Any
 
 from hotrelease import __version__
 from hotrelease.build.bundle import create_bundle
-from hotrelease.build.checksum import sha256_file, write_sha256sums
+from hotrelease.build.checksum import write_sha256sums
+from hotrelease.trust.digest import sha256_file
 from hotrelease.config.project import ProjectConfig
 from hotrelease.errors import BuildError, UsageError
-from hotrelease.build.gitsource import SourceState, read_source_state
+from hotrelease.build.git import SourceState, read_source_state
 from hotrelease.build.goabi import go_abi_facts
 from hotrelease.trust.manifest import BundleRef, ReleaseManifest, format_time
 from hotrelease.trust.versions import parse_version

@@ -1,32 +1,8 @@
-"""Streaming SHA-256 and coreutils-format SHA256SUMS files."""
+"""coreutils-format SHA256SUMS files (the digests come from `trust.digest`)."""
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
-from typing import BinaryIO
-
-CHUNK = 1 << 20  # 1 MiB: large enough to reach OpenSSL speed, small enough for flat RSS
-
-
-def sha256_stream(stream: BinaryIO) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    size = 0
-    buf = bytearray(CHUNK)
-    view = memoryview(buf)
-    while True:
-        n = stream.readinto(view)  # type: ignore[attr-defined]
-        if not n:
-            break
-        digest.update(view[:n])
-        size += n
-    return digest.hexdigest(), size
-
-
-def sha256_file(path: Path) -> tuple[str, int]:
-    """(hex digest, size) of a file, in bounded memory whatever its size."""
-    with open(path, "rb", buffering=0) as fh:
-        return sha256_stream(fh)
 
 
 def write_sha256sums(directory: Path, digests: dict[str, str]) -> Path:

@@ -1,4 +1,5 @@
-"""Release tags and trailers from git, through GitPython's `repo.git` (the git CLI).
+"""What git knows: the source state of a build (commit, ref, dirtiness, tags at HEAD),
+release tags and trailers, through GitPython's `repo.git` (the git CLI).
 
 `git for-each-ref` lists 10,000 tags in a few milliseconds; iterating `repo.tags` builds a
 Python object per ref and is several times slower, so the tag list is read as plain text.
@@ -7,11 +8,14 @@ Python object per ref and is several times slower, so the tag list is read as pl
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import semver
+
 from hotrelease.errors import GitError
+from hotrelease.trust.versions import version_from_tag
 
 _TRAILER_RE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9-]*)\s*:\s*(.+?)\s*$")
 _SIGNATURE_MARKERS = ("-----BEGIN PGP SIGNATURE-----", "-----BEGIN SSH SIGNATURE-----")
@@ -126,3 +130,61 @@ def parse_trailers(message: str | None) -> list[Trailer]:
 
 def trailer_values(message: str | None, key: str) -> list[str]:
     return [t.value for t in parse_trailers(message) if t.key.lower() == key.lower()]
+
+
+# --- the source state of a build ----------------------------------------------------------
+
+
+@dataclass
+class SourceState:
+    commit: str | None = None
+    ref: str | None = None
+    dirty: bool = False
+    dirty_paths: list[str] = field(default_factory=list)
+    commit_time: int | None = None
+    head_versions: list[semver.Version] = field(default_factory=list)
+
+    @property
+    def in_git(self) -> bool:
+        return self.commit is not None
+
+
+def read_source_state(path: Path, ignore: list[Path] | None = None) -> SourceState:
+    """Inspect the repository containing `path`; an empty state if it is not in git."""
+    import git
+
+    repo = open_repo(path)
+    if repo is None:
+        return SourceState()
+    try:
+        head = repo.head.commit
+    except ValueError:
+        raise GitError(f"{repo.working_tree_dir}: repository has no commits yet") from None
+    root = Path(repo.working_tree_dir or path).resolve()
+    ignored = []
+    for p in ignore or []:
+        try:
+            ignored.append(Path(p).resolve().relative_to(root).as_posix().rstrip("/") + "/")
+        except ValueError:
+            pass
+    try:
+        status = repo.git.status("--porcelain", "-z", "--untracked-files=all")
+    except git.GitCommandError as exc:
+        raise GitError(f"git status failed: {exc.stderr.strip()}") from None
+    dirty_paths = []
+    for entry in status.split("\0"):
+        if len(entry) > 3:
+            rel = entry[3:]
+            if not any(rel.startswith(prefix) for prefix in ignored):
+                dirty_paths.append(rel)
+    if repo.head.is_detached:
+        ref = None
+    else:
+        ref = repo.head.reference.path  # refs/heads/main
+    tags = repo.git.tag("--points-at", "HEAD").split()
+    versions = sorted(v for v in (version_from_tag(t) for t in tags) if v is not None)
+    if versions:
+        ref = ref or f"refs/tags/{tags[0]}"
+    return SourceState(commit=head.hexsha, ref=ref, dirty=bool(dirty_paths),
+                       dirty_paths=dirty_paths, commit_time=int(head.committed_date),
+                       head_versions=versions)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from hotrelease.errors import HotreleaseError
 from hotrelease.trust.keys import generate_keypair, load_private_key
-from hotrelease.trust.verify import sign_manifest
+from hotrelease.trust.manifest import sign_manifest
 
 Say = Callable[[str], None]
 

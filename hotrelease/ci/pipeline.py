@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from hotrelease.errors import PolicyError, UsageError
+from hotrelease.trust.times import format_time
 
 LANES = ("urgent", "scheduled", "none")
 EXIT_NOT_NOW = 3
@@ -301,7 +302,7 @@ def gather_spec(*, lane: str, manifest: Path, config: Path | None, plan_digest: 
         break_glass=(decision.release_class == "security" and accepted_signed
                      and cfg.policy.break_glass),
         not_before=None if decision.not_before is None
-        else decision.not_before.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        else format_time(decision.not_before),
     )
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import typer
 
 from hotrelease.errors import UsageError
+from hotrelease.trust.times import parse_iso
 
 JSON_OPTION = typer.Option(False, "--json", help="Print one JSON document on stdout.")
 NOW_OPTION = typer.Option(None, "--now", metavar="ISO8601",
@@ -24,12 +25,9 @@ def parse_now(text: str | None) -> datetime:
     if text is None:
         return datetime.now(UTC)
     try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise UsageError(f"--now {text!r} is not an ISO 8601 time") from None
-    if moment.tzinfo is None:
-        raise UsageError(f"--now {text!r} needs a time zone (e.g. 2026-05-01T10:00:00Z)")
-    return moment.astimezone(UTC)
+        return parse_iso(text)
+    except ValueError as exc:
+        raise UsageError(f"--now {exc} (e.g. 2026-05-01T10:00:00Z)") from None
 
 
 def emit_json(data: Any) -> None:

@@ -85,7 +85,7 @@ def sign(
 ) -> None:
     """Add a signature to MANIFEST.sig (run again with another key for k-of-n)."""
     from hotrelease.trust.keys import load_private_key
-    from hotrelease.trust.verify import sign_manifest
+    from hotrelease.trust.manifest import sign_manifest
 
     existing_file(manifest, "manifest")
     if key is None and key_env is None:

@@ -22,6 +22,7 @@ from hotrelease.gate.policy import (
 )
 from hotrelease.rollout.plan import Inventory, parse_inventory
 from hotrelease.trust.manifest import PLUGIN_KINDS, Dependency, check_name
+from hotrelease.trust.times import parse_iso
 
 CONFIG_NAME = "hotrelease.toml"
 
@@ -199,8 +200,9 @@ def _freeze_moment(value: Any, tz: ZoneInfo, *, end: bool) -> datetime:
     """A date (whole day, `end` inclusive), a local datetime (in tz) or one with an offset."""
     if isinstance(value, str):
         try:
-            value = (date.fromisoformat(value) if len(value) == 10
-                     else datetime.fromisoformat(value.replace("Z", "+00:00")))
+            if len(value) != 10:
+                return parse_iso(value, default_tz=tz)
+            value = date.fromisoformat(value)
         except ValueError:
             raise ValueError(f"{value!r} is not a date (2026-12-20) or date-time") from None
     if isinstance(value, datetime):

@@ -19,6 +19,7 @@ from hotrelease.gate.classify import Classification, SecurityClaim
 from hotrelease.gate.policy import Policy
 from hotrelease.gate.schedule import Reason, Routing, Schedule, Slot, route_scheduled, route_urgent
 from hotrelease.trust.canonical import canonical_bytes
+from hotrelease.trust.times import format_time
 
 PLAN_FORMAT = "hotrelease/plan/v1"
 # Until stage configuration exists (issue 5): canary first, then the rest of the fleet.
@@ -26,7 +27,7 @@ DEFAULT_STAGES = ("canary", "waves")
 
 
 def _time(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return None if moment is None else format_time(moment)
 
 
 @dataclass

@@ -21,8 +21,9 @@ from hotrelease.gate.classify import SecurityClaim, check_label, classify
 from hotrelease.gate.decision import DEFAULT_STAGES, ReleaseDecision, Stages, decide
 from hotrelease.gate.policy import COMMIT_TRAILER, MR_LABEL, SIGNED_LABEL, TAG_TRAILER, Policy
 from hotrelease.gate.schedule import Schedule
+from hotrelease.gate.versioning import highest_tag_below
 from hotrelease.trust.canonical import strict_loads
-from hotrelease.trust.versions import highest_tag_below, parse_version
+from hotrelease.trust.versions import parse_version
 
 SECURITY_TRAILER = "Security-Advisory"
 MR_LABELS_VARIABLE = "CI_MERGE_REQUEST_LABELS"

@@ -25,6 +25,7 @@ from hotrelease.errors import (
 )
 from hotrelease.rollout.plan import Node, RolloutSettings, StagePlan
 from hotrelease.trust.manifest import ReleaseManifest
+from hotrelease.trust.times import parse_iso
 from hotrelease.trust.versions import parse_version
 
 
@@ -334,7 +335,7 @@ class Publisher:
             state = states[name]
             if state.reachable and state.current == self.manifest.version and state.since:
                 try:
-                    times.append(datetime.fromisoformat(state.since.replace("Z", "+00:00")))
+                    times.append(parse_iso(state.since))
                 except ValueError:
                     return plan.bake_seconds  # unreadable: bake in full
         if not plan.bake_seconds or not times:

@@ -34,7 +34,6 @@ of every file so it can compare what was written with what was signed.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import os
 import stat
 import tarfile
@@ -44,9 +43,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hotrelease.errors import UnsafeArchiveError
-from hotrelease.trust.manifest import FileEntry
+from hotrelease.trust.digest import CHUNK, Digest, sha256_stream
+from hotrelease.trust.manifest import FileEntry, member_path_problem
 
-CHUNK = 1 << 20
 _SPECIAL_BITS = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX
 NAME_MAX = 255  # bytes in one path component (Linux, every common file system)
 PATH_MAX = 4096  # bytes in a whole path, terminating NUL included
@@ -83,16 +82,10 @@ def is_within(root: str, path: str) -> bool:
 
 def check_member_name(name: str) -> str:
     """Return the normalised member name (without a trailing '/') or raise."""
-    if not isinstance(name, str) or not name:
-        raise UnsafeArchiveError("archive member with an empty name")
-    if "\x00" in name or "\\" in name:
-        raise UnsafeArchiveError(f"archive member {name!r}: NUL or backslash in name")
-    if name.startswith("/"):
-        raise UnsafeArchiveError(f"archive member {name!r}: absolute path")
-    clean = name[:-1] if name.endswith("/") else name
-    parts = clean.split("/")
-    if any(part in ("", ".", "..") for part in parts):
-        raise UnsafeArchiveError(f"archive member {name!r}: '..', '.' or empty path part")
+    clean = name[:-1] if isinstance(name, str) and name.endswith("/") else name
+    problem = member_path_problem(clean)
+    if problem is not None:
+        raise UnsafeArchiveError(f"archive member {name!r}: {problem}")
     return clean
 
 
@@ -314,20 +307,43 @@ def _write_file(tar: tarfile.TarFile, member: tarfile.TarInfo, target: str,
         fd = os.open(target, flags, 0o600)
     except FileExistsError:
         raise UnsafeArchiveError(f"archive member {name!r} appears twice") from None
-    digest = hashlib.sha256()
-    size = 0
+    digest = Digest()
     try:
         while chunk := stream.read(CHUNK):
             digest.update(chunk)
-            size += len(chunk)
             view = memoryview(chunk)
             while view:
                 written = os.write(fd, view)
                 view = view[written:]
-        if size != member.size:
+        if digest.size != member.size:
             raise UnsafeArchiveError(f"archive member {name!r} is truncated")
         os.fchmod(fd, 0o555 if member.mode & 0o111 else 0o444)
         os.fsync(fd)
     finally:
         os.close(fd)
-    return FileEntry(name, digest.hexdigest(), size)
+    return FileEntry(name, digest.hexdigest(), digest.size)
+
+
+def scan_bundle(path: Path) -> list[FileEntry]:
+    """Stream through a bundle and return its regular files' entries, refusing anything
+    that is not a plain relative file or directory. Reads in bounded memory; writes nothing
+    (the build's own check of what it bundled, and `verify` before a local publish)."""
+    files: list[FileEntry] = []
+    try:
+        with tarfile.open(path, mode="r:gz") as tar:
+            for member in tar:
+                name = member.name
+                if member_path_problem(name.rstrip("/") if member.isdir() else name):
+                    raise UnsafeArchiveError(f"bundle member {name!r} has an unsafe path")
+                if member.isdir():
+                    continue
+                if not member.isreg():
+                    raise UnsafeArchiveError(f"bundle member {name!r} is not a regular file "
+                                             "(links and devices are refused)")
+                stream = tar.extractfile(member)
+                assert stream is not None
+                digest, size = sha256_stream(stream)
+                files.append(FileEntry(name, digest, size))
+    except (tarfile.TarError, EOFError, OSError, gzip.BadGzipFile) as exc:
+        raise UnsafeArchiveError(f"{path}: not a readable .tar.gz bundle: {exc}") from None
+    return files

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from pathlib import Path, PurePosixPath
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from hotrelease.errors import ExpiredError, ManifestFormatError, VersionError
 from hotrelease.trust.canonical import JSONInputError, canonical_bytes, pretty_bytes, strict_loads
+from hotrelease.trust.keys import MANIFEST_TYPE, Envelope
+from hotrelease.trust.times import format_time, parse_iso
 from hotrelease.trust.versions import parse_version
 
 MANIFEST_FORMAT = "hotrelease/manifest/v1"
@@ -48,30 +50,36 @@ def check_version(version: Any) -> str:
     return str(version)
 
 
+def member_path_problem(path: Any) -> str | None:
+    """What is wrong with a bundle member path, or None: the one rule for the paths a
+    manifest lists and the members an archive holds (relative, normalised, no `..`, `.` or
+    empty part, no NUL or backslash). A directory's trailing '/' is the caller's to strip."""
+    if not isinstance(path, str) or not path:
+        return "empty or not a string"
+    if "\x00" in path or "\\" in path:
+        return "NUL or backslash in name"
+    if path.startswith("/"):
+        return "absolute path"
+    if any(part in ("", ".", "..") for part in path.split("/")):
+        return "'..', '.' or empty path part"
+    return None
+
+
 def check_member_path(path: Any) -> str:
-    """A bundle member path: relative, normalised, no `..`, no empty parts."""
-    if not isinstance(path, str) or not path or "\\" in path or "\x00" in path:
-        raise ManifestFormatError(f"file path {path!r} is invalid")
-    pure = PurePosixPath(path)
-    if pure.is_absolute() or any(p in ("", ".", "..") for p in path.split("/")):
-        raise ManifestFormatError(f"file path {path!r} must be relative and normalised")
+    """A file path listed in a manifest (see `member_path_problem`)."""
+    problem = member_path_problem(path)
+    if problem is not None:
+        raise ManifestFormatError(f"file path {path!r} is invalid: {problem}")
     return path
-
-
-def format_time(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_time(text: Any, what: str = "time") -> datetime:
     if not isinstance(text, str):
         raise ManifestFormatError(f"{what} must be an ISO 8601 string")
     try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise ManifestFormatError(f"{what} {text!r} is not an ISO 8601 time") from None
-    if moment.tzinfo is None:
-        raise ManifestFormatError(f"{what} {text!r} has no time zone")
-    return moment.astimezone(UTC)
+        return parse_iso(text)
+    except ValueError as exc:
+        raise ManifestFormatError(f"{what} {exc}") from None
 
 
 def _expect(data: dict[str, Any], where: str, required: dict[str, type],
@@ -246,3 +254,26 @@ def load_manifest(path: Path) -> ReleaseManifest:
         raise ManifestFormatError(f"{path}: manifest not found") from None
     raw, _ = parse_manifest_bytes(data, str(path))
     return ReleaseManifest.from_dict(raw)
+
+
+# --- the manifest's detached signature file -------------------------------------------
+
+
+def signature_path_for(manifest_path: Path) -> Path:
+    return Path(f"{manifest_path}.sig")
+
+
+def sign_manifest(manifest_path: Path, private: Any) -> tuple[Path, Envelope, str]:
+    """Add (or replace) this key's signature in MANIFEST.sig, after checking that the file
+    is a valid manifest. Returns (signature path, envelope, key id)."""
+    try:
+        data = manifest_path.read_bytes()
+    except FileNotFoundError:
+        raise ManifestFormatError(f"{manifest_path}: manifest not found") from None
+    raw, canonical = parse_manifest_bytes(data, str(manifest_path))
+    ReleaseManifest.from_dict(raw)  # never sign something that is not a manifest
+    sig_path = signature_path_for(manifest_path)
+    envelope = Envelope.load(sig_path) if sig_path.exists() else Envelope(MANIFEST_TYPE)
+    keyid = envelope.add_signature(canonical, private)
+    envelope.save(sig_path)
+    return sig_path, envelope, keyid

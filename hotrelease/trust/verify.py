@@ -10,36 +10,21 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from hotrelease.build.bundle import scan_bundle
-from hotrelease.build.checksum import sha256_file
 from hotrelease.errors import (
     DigestMismatchError,
     IdentityMismatchError,
     ManifestFormatError,
     SizeMismatchError,
 )
+from hotrelease.trust.archive import scan_bundle
+from hotrelease.trust.digest import sha256_file
 from hotrelease.trust.keys import MANIFEST_TYPE, Envelope, PublicKey, verify_envelope
-from hotrelease.trust.manifest import FileEntry, ReleaseManifest, parse_manifest_bytes
-
-
-def signature_path_for(manifest_path: Path) -> Path:
-    return Path(f"{manifest_path}.sig")
-
-
-def sign_manifest(manifest_path: Path, private: Any) -> tuple[Path, Envelope, str]:
-    """Add (or replace) this key's signature in MANIFEST.sig, after checking that the file
-    is a valid manifest. Returns (signature path, envelope, key id)."""
-    try:
-        data = manifest_path.read_bytes()
-    except FileNotFoundError:
-        raise ManifestFormatError(f"{manifest_path}: manifest not found") from None
-    raw, canonical = parse_manifest_bytes(data, str(manifest_path))
-    ReleaseManifest.from_dict(raw)  # never sign something that is not a manifest
-    sig_path = signature_path_for(manifest_path)
-    envelope = Envelope.load(sig_path) if sig_path.exists() else Envelope(MANIFEST_TYPE)
-    keyid = envelope.add_signature(canonical, private)
-    envelope.save(sig_path)
-    return sig_path, envelope, keyid
+from hotrelease.trust.manifest import (
+    FileEntry,
+    ReleaseManifest,
+    parse_manifest_bytes,
+    signature_path_for,
+)
 
 
 def verify_manifest_bytes(data: bytes, envelope: Envelope, *, trusted: dict[str, PublicKey],
