@@ -56,6 +56,7 @@ from typing import Any, Literal
 from hotrelease.agent.app import status_for
 from hotrelease.agent.client import error_from_response
 from hotrelease.agent.service import BadRequest, Conflict, NotFound
+from hotrelease.config.inventory import Node, RolloutSettings, StageSpec
 from hotrelease.errors import (
     DigestMismatchError,
     ExpiredError,
@@ -69,7 +70,7 @@ from hotrelease.errors import (
     VerificationError,
 )
 from hotrelease.rollout.engine import Event, Publisher
-from hotrelease.rollout.plan import Node, RolloutSettings, StagePlan, StageSpec, plan_stages
+from hotrelease.rollout.plan import StagePlan, plan_stages
 from hotrelease.trust.approvals import Approval, check_approval
 from hotrelease.trust.labels import SecurityLabel
 from hotrelease.trust.manifest import (

@@ -13,13 +13,14 @@ from fakeagent import PLUGIN, FakeAgent, FakeFleet, FakeRelease
 
 from hotrelease.agent.client import AgentError
 from hotrelease.agent.service import AgentFailure
+from hotrelease.config.inventory import StageSpec
 from hotrelease.errors import (
     AbortedError,
     NotNowError,
     PolicyError,
     UnreachableError,
 )
-from hotrelease.rollout.plan import StagePlan, StageSpec
+from hotrelease.rollout.plan import StagePlan
 
 CANARY_BAKE = 60.0
 WAVE_BAKE = 30.0
@@ -520,7 +521,7 @@ def test_stage_option_reruns_a_done_stage_to_retry_its_tolerated_failure(fleet, 
 
 def test_fake_agent_is_the_agent_api():
     """The fake offers every method of the protocol the Publisher drives."""
-    from hotrelease.rollout.engine import AgentAPI
+    from hotrelease.rollout.nodes import AgentAPI
 
     wanted = {m for m in vars(AgentAPI) if not m.startswith("_")}
     assert wanted == {"plugin", "upload", "activate", "rollback", "history",
@@ -545,9 +546,9 @@ class _Answers:
 
 def test_a_node_whose_agent_answered_with_an_error_is_reachable_with_that_error():
     from hotrelease.agent.client import AgentError
+    from hotrelease.config.inventory import RolloutSettings
     from hotrelease.errors import UnreachableError
-    from hotrelease.rollout.engine import read_fleet
-    from hotrelease.rollout.plan import RolloutSettings
+    from hotrelease.rollout.nodes import read_fleet
 
     refused = _Answers(AgentError("agent http://a: bad token (unauthorized)",
                                   code="unauthorized", status=401))

@@ -6,9 +6,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hotrelease.config.inventory import DEFAULT_STAGES, Node, StageSpec, parse_inventory
 from hotrelease.config.reader import Table
 from hotrelease.errors import ConfigError
-from hotrelease.rollout.plan import DEFAULT_STAGES, Node, StageSpec, parse_inventory, plan_stages
+from hotrelease.rollout.plan import plan_stages
 
 
 def fleet(n: int, groups: tuple[str, ...] = ()) -> list[Node]:

@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from hotrelease.errors import PolicyError, UsageError
+from hotrelease.gate.policy import LANES as POLICY_LANES
 from hotrelease.trust.times import format_time
 
-LANES = ("urgent", "scheduled", "none")
+LANES = (*POLICY_LANES, "none")  # a pipeline may also say: nothing to roll out
 EXIT_NOT_NOW = 3
 DEFAULT_IMAGE = "python:3.12-bookworm"
 DEFAULT_PIP_SPEC = "hotrelease==0.1.0"
@@ -232,7 +233,7 @@ def render_child(spec: ChildSpec) -> str:
 
 
 def _stage_specs(cfg: Any, lane: str) -> list[StageJob]:
-    from hotrelease.rollout.plan import DEFAULT_STAGES
+    from hotrelease.config.inventory import DEFAULT_STAGES
 
     inventory = getattr(cfg, "inventory", None)
     specs = (inventory.stages.get(lane) if inventory is not None else None) or \

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from hotrelease.config.inventory import Inventory, parse_inventory
 from hotrelease.config.reader import Table, load_toml
 from hotrelease.errors import ConfigError
 from hotrelease.gate.policy import (
@@ -20,7 +21,6 @@ from hotrelease.gate.policy import (
     SECURITY_SOURCES,
     Policy,
 )
-from hotrelease.rollout.plan import Inventory, parse_inventory
 from hotrelease.trust.manifest import PLUGIN_KINDS, Dependency, check_name
 from hotrelease.trust.times import parse_iso
 

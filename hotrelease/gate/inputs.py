@@ -194,7 +194,7 @@ def _fleet_baseline(cfg: Any, name: str, candidate: semver.Version
     inventory = getattr(cfg, "inventory", None)
     if inventory is None or not inventory.nodes:
         return None
-    from hotrelease.rollout.engine import read_fleet
+    from hotrelease.rollout.nodes import read_fleet
     from hotrelease.rollout.session import make_clients
 
     states = read_fleet(make_clients(inventory), name, [n.name for n in inventory.nodes],

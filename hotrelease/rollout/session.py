@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from hotrelease.config.inventory import Inventory
 from hotrelease.config.project import ProjectConfig, load_config
 from hotrelease.errors import (
     ConfigError,
@@ -25,8 +26,9 @@ from hotrelease.errors import (
     UnreachableError,
     UsageError,
 )
-from hotrelease.rollout.engine import AgentAPI, Event, NodeState, Publisher, read_fleet
-from hotrelease.rollout.plan import Inventory, StagePlan, release_plan
+from hotrelease.rollout.engine import Event, Publisher
+from hotrelease.rollout.nodes import AgentAPI, NodeState, read_fleet
+from hotrelease.rollout.plan import StagePlan, release_plan
 from hotrelease.trust.approvals import Approval
 from hotrelease.trust.manifest import ReleaseManifest, format_time, load_manifest
 
