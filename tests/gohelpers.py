@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import tarfile
@@ -206,30 +205,26 @@ def rss_kib(pid: int) -> int:
 def elf_symbols(path: Path) -> dict[str, bytes]:
     """Contents of the linker-made symbols the ABI check uses: go.link.thispluginpath and
     go.link.pkghashbytes.<import path> (the package fingerprints plugin.Open compares).
-    Minimal ELF64 little-endian reader; nothing is loaded or executed."""
-    data = path.read_bytes()
-    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
-        raise ValueError(f"{path}: not a 64-bit little-endian ELF file")
-    shoff, = struct.unpack_from("<Q", data, 0x28)
-    shentsize, shnum = struct.unpack_from("<HH", data, 0x3A)
-    sections = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize)
-                for i in range(shnum)]
+    Read with pyelftools, an ELF parser independent of `hotrelease.build.goabi`, so the test
+    checks goabi against another reader, not against a copy of itself."""
+    from elftools.elf.elffile import ELFFile
+    from elftools.elf.sections import SymbolTableSection
+
     out: dict[str, bytes] = {}
-    for sh in sections:
-        if sh[1] != 2:  # SHT_SYMTAB
-            continue
-        strtab = sections[sh[6]]
-        for off in range(sh[4], sh[4] + sh[5], 24):
-            st_name, _info, _other, shndx, value, size = struct.unpack_from("<IBBHQQ", data, off)
-            end = data.index(b"\0", strtab[4] + st_name)
-            name = data[strtab[4] + st_name:end].decode()
+    with open(path, "rb") as fh:
+        elf = ELFFile(fh)
+        symtab = elf.get_section_by_name(".symtab")
+        assert isinstance(symtab, SymbolTableSection), f"{path}: no .symtab"
+        for sym in symtab.iter_symbols():
+            name = sym.name
             if not (name == "go.link.thispluginpath" or name.startswith("go.link.pkghashbytes.")):
                 continue
-            if not 0 < shndx < len(sections):
+            index = sym["st_shndx"]
+            if not isinstance(index, int) or not 0 < index < elf.num_sections():
                 continue
-            sect = sections[shndx]
-            start = sect[4] + value - sect[3]
-            out[name] = data[start:start + size]
+            section = elf.get_section(index)
+            start = sym["st_value"] - section["sh_addr"]
+            out[name] = section.data()[start:start + sym["st_size"]]
     return out
 
 

@@ -225,7 +225,7 @@ def test_package_build_ships_the_templates(tmp_path: Path) -> None:
                 "go-plugin/main.go", "deploy/agent.toml.tmpl",
                 "deploy/hotrelease-agent.service"):
         assert (templates / rel).is_file(), rel
-    for rel in ("commands/init.py", "scaffold.py", "pipeline.py"):
+    for rel in ("commands/init.py", "ci/scaffold.py", "ci/pipeline.py"):
         assert (out / "hotrelease" / rel).is_file(), rel
 
 
