@@ -16,7 +16,8 @@ from typing import Any
 from hotrelease.errors import ExpiredError, IdentityMismatchError, ManifestFormatError
 from hotrelease.trust.canonical import canonical_bytes
 from hotrelease.trust.keys import APPROVAL_TYPE, Envelope, PublicKey, verify_signed_json
-from hotrelease.trust.manifest import _expect, check_name, check_version, format_time, parse_time
+from hotrelease.trust.manifest import _expect, check_name, check_version, parse_time
+from hotrelease.trust.times import format_time
 
 APPROVAL_FORMAT = "hotrelease/approval/v1"
 

@@ -17,7 +17,8 @@ from typing import Any
 from hotrelease.errors import ExpiredError, IdentityMismatchError, ManifestFormatError
 from hotrelease.trust.canonical import canonical_bytes, pretty_bytes
 from hotrelease.trust.keys import SECURITY_LABEL_TYPE, Envelope, PublicKey, verify_signed_json
-from hotrelease.trust.manifest import _expect, check_name, check_version, format_time, parse_time
+from hotrelease.trust.manifest import _expect, check_name, check_version, parse_time
+from hotrelease.trust.times import format_time
 
 LABEL_FORMAT = "hotrelease/security-label/v1"
 SEVERITIES = ("low", "medium", "high", "critical")

@@ -70,7 +70,7 @@ def check_member_path(path: Any) -> str:
     problem = member_path_problem(path)
     if problem is not None:
         raise ManifestFormatError(f"file path {path!r} is invalid: {problem}")
-    return path
+    return str(path)
 
 
 def parse_time(text: Any, what: str = "time") -> datetime:
