@@ -200,7 +200,9 @@ class _GuardedTarFile(tarfile.TarFile):
             self._guard.disarm()
 
 
-def _fsync_dir(path: str) -> None:
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """Make a directory's entries (a new file, a rename) durable; the agent's store uses
+    this one too."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -289,8 +291,8 @@ def safe_extract(bundle: Path, dest: Path, *, limits: ExtractLimits | None = Non
                 if on_file is not None:
                     on_file(name)
             for directory in sorted(made_dirs, key=len, reverse=True):
-                _fsync_dir(directory)
-            _fsync_dir(dest_real)
+                fsync_dir(directory)
+            fsync_dir(dest_real)
     except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
         raise UnsafeArchiveError(f"{bundle.name}: not a readable .tar.gz bundle: {exc}") \
             from None
