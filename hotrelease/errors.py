@@ -1,7 +1,11 @@
-"""One exception tree for the whole tool.
+"""One exception tree for the whole tool, the node agent's and the agent client's included.
 
 The CLI catches `HotreleaseError` once, prints `str(error)` as a single line and exits with
-`error.exit_code`. Codes are part of the public interface (see README, "Exit codes").
+`error.exit_code`. Codes are part of the public interface (see README, "Exit codes"); the
+agent answers every error with its `code` (`agent.responses` picks the HTTP status by
+class) and the client raises the matching class again (`agent.client.error_from_response`).
+Only control flow that never leaves its module stays local (`agent.hookregistry.HookRefused`,
+`agent.middleware.BodyTimeout`). Imports nothing; everyone may import it.
 """
 
 from __future__ import annotations
@@ -136,6 +140,88 @@ class NotifyError(UnreachableError):
     """The urgent-lane notification hook (command or webhook) failed."""
 
     code = "notify_failed"
+
+
+# --- the node agent's answers (raised in the agent, mapped to HTTP statuses by
+# `agent.responses.status_for`; the client raises them again from the codes it reads) ----
+
+
+class BadRequest(UsageError):
+    """A request the agent cannot act on: a bad plugin name or version, an incomplete body."""
+
+    code = "bad_request"
+
+
+class Unauthorized(HotreleaseError):
+    """No valid bearer token (one message for every failure: see `agent.auth`)."""
+
+    code = "unauthorized"
+
+    def __init__(self) -> None:
+        super().__init__("missing or invalid bearer token")
+
+
+class NotFound(HotreleaseError):
+    """No such plugin slot (`unknown_plugin`) or stored release (`not_stored`)."""
+
+    code = "not_found"
+
+
+class Conflict(HotreleaseError):
+    """The request collides with the slot's state: `version_conflict`,
+    `activation_in_progress`, `nothing_to_roll_back`."""
+
+    code = "conflict"
+
+
+class TooLarge(VerificationError):
+    """A body, or the bundle a manifest declares, over the agent's limit."""
+
+    code = "too_large"
+
+
+class RequestTimeout(HotreleaseError):
+    """The request body arrived too slowly and was cut (a partial upload is removed)."""
+
+    code = "body_timeout"
+
+
+class AdvisoryUnreadable(PolicyError):
+    """A stored advisory cannot be read: the security floor is unknown, so nothing that the
+    floor guards (activation, rollback, upload) goes ahead until an operator repairs it."""
+
+    code = "advisory_unreadable"
+
+
+class AgentFailure(HotreleaseError):
+    """The agent itself could not complete an operation (disk full, I/O error)."""
+
+    code = "internal"
+
+
+class AgentStopping(HotreleaseError):
+    """The agent is stopping: a command hook was stopped, or not started. Raised, never
+    returned as a failed hook: the switch it was part of must stop where it is, journal
+    kept, for the next start's recovery to finish - not be judged a failed reload and rolled
+    back with hooks that can no longer run."""
+
+    code = "agent_stopping"
+
+
+class AgentError(HotreleaseError):
+    """Client side: an agent answered with an error that has no more specific class here
+    (`code` is the agent's, `status` the HTTP status)."""
+
+    def __init__(self, message: str, *, code: str, status: int) -> None:
+        super().__init__(message, code=code)
+        self.status = status
+
+
+class BadResponseError(HotreleaseError):
+    """Client side: an agent's answer is not the JSON `agent.wire` describes (a field
+    missing or of the wrong type); the message names the field's path."""
+
+    code = "bad_response"
 
 
 class InternalError(HotreleaseError):

@@ -1,19 +1,21 @@
 """An in-memory node agent behind the real client interface, for fast Publisher logic tests.
 
 In the spirit of python-tuf's `RepositorySimulator`: `FakeAgent` implements the `AgentAPI`
-protocol of `hotrelease.rollout.engine` (what `hotrelease.agent.client.AgentClient`
-offers) and keeps one node's state in memory, deciding the way
-`hotrelease.agent.service.Agent` decides and answering with the JSON shapes of
-`hotrelease.agent.app` (`current`, `previous`, `state`,
-`health`, `activated_at`, `security_floor`, history records, activate's `result` of
-"activated" / "unchanged" / "rolled_back" / "failed").
+protocol of `hotrelease.rollout.nodes` (what `hotrelease.agent.client.AgentClient`
+offers) and keeps one node's state in memory, deciding the way the real agent's jobs
+(`hotrelease.agent.ingest`, `.activation`, `.floor`, `.approvals`) decide and answering
+with the JSON shapes the agent sends (`current`, `previous`, `state`, `health`,
+`activated_at`, `security_floor`, history records, activate's `result` of "activated" /
+"unchanged" / "rolled_back" / "failed"), parsed into the same `hotrelease.agent.wire`
+models the real client returns (`PluginStatus`, `ActivateResult`, `HistoryRecord`, ...).
 
-Errors are produced the way the real client produces them: the agent-side exception (the
-service's `NotFound`, `Conflict`, `PolicyError`, ...) is turned into an HTTP status by the
-real `hotrelease.agent.app.status_for`, then into the caller's exception by the real
-`hotrelease.agent.client.error_from_response`. So an unknown plugin raises `AgentError`
-with code "unknown_plugin" (status 404), a downgrade a `PolicyError` with code "downgrade",
-a missing release `AgentError` "not_stored", and a network failure `UnreachableError`.
+Errors are produced the way the real client produces them: the agent-side exception
+(`hotrelease.errors.NotFound`, `Conflict`, `PolicyError`, ...) is turned into an HTTP
+status by the real `hotrelease.agent.responses.status_for`, then into the caller's
+exception by the real `hotrelease.agent.client.error_from_response`. So an unknown plugin
+raises `AgentError` with code "unknown_plugin" (status 404), a downgrade a `PolicyError`
+with code "downgrade", a missing release `AgentError` "not_stored", and a network failure
+`UnreachableError`.
 
 What the fake does NOT do (the real agent tests cover it):
   * no signature is verified: manifest envelopes, approval envelopes and security-label
@@ -51,18 +53,30 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from hotrelease.agent.app import status_for
 from hotrelease.agent.client import error_from_response
-from hotrelease.agent.service import BadRequest, Conflict, NotFound
+from hotrelease.agent.responses import status_for
+from hotrelease.agent.wire import (
+    ActivateResult,
+    AdvisoryResult,
+    ApprovalResult,
+    HistoryPage,
+    HistoryRecord,
+    PluginStatus,
+    UploadResult,
+)
+from hotrelease.agent.wiremodel import WireModel
 from hotrelease.config.inventory import Node, RolloutSettings, StageSpec
 from hotrelease.errors import (
+    BadRequest,
+    Conflict,
     DigestMismatchError,
     ExpiredError,
     HotreleaseError,
     IdentityMismatchError,
     ManifestFormatError,
+    NotFound,
     PolicyError,
     SignatureError,
     SizeMismatchError,
@@ -117,9 +131,17 @@ class FakeClock:
             return self.start + timedelta(seconds=self.now)
 
 
+M = TypeVar("M", bound=WireModel)
+
+
 def _wire(obj: Any) -> Any:
     """What the caller gets after a JSON round trip: no aliasing of the agent's state."""
     return json.loads(json.dumps(obj, default=str))
+
+
+def _answer(model: type[M], obj: Any) -> M:
+    """What the real client returns: the JSON answer parsed into its wire model."""
+    return model.from_dict(_wire(obj))
 
 
 def _below(a: str, b: str) -> bool:
@@ -153,7 +175,7 @@ class FakeAgent:
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
         self._fleet_log = fleet_log
         self._fleet_lock = fleet_lock or threading.Lock()
-        # state, per plugin (what service.Agent keeps on disk)
+        # state, per plugin (what the real agent keeps on disk)
         self._states: dict[str, dict[str, Any]] = {}
         self._stored: dict[str, dict[str, dict[str, Any]]] = {}
         self._history: dict[str, list[dict[str, Any]]] = {}
@@ -201,18 +223,19 @@ class FakeAgent:
         return [method for method, _ in self.calls]
 
     # --- AgentAPI ---------------------------------------------------------------------------
-    def plugin(self, name: str) -> dict[str, Any]:
+    def plugin(self, name: str) -> PluginStatus:
         with self._enter("plugin", name):
             self._plugin(name)
-            return _wire(self._view(name))
+            return _answer(PluginStatus, self._view(name))
 
-    def history(self, name: str, limit: int = 200) -> list[dict[str, Any]]:
+    def history(self, name: str, limit: int = 200) -> list[HistoryRecord]:
         with self._enter("history", name, limit):
             self._plugin(name)
-            return _wire(self._history.get(name, [])[-limit:])
+            page = {"name": name, "records": self._history.get(name, [])[-limit:]}
+            return _answer(HistoryPage, page).records
 
     def upload(self, manifest_path: Path, signature_path: Path | None = None,
-               bundle_path: Path | None = None) -> dict[str, Any]:
+               bundle_path: Path | None = None) -> UploadResult:
         manifest_path = Path(manifest_path)
         data = manifest_path.read_bytes()  # the client reads these before sending
         try:
@@ -254,7 +277,7 @@ class FakeAgent:
                     "uploaded bundle: sha256 does not match the manifest"))
             if existing is not None:
                 self._append(name, {**record, "result": "unchanged"})
-                return _wire({"status": "unchanged", **existing})
+                return _answer(UploadResult, {"status": "unchanged", **existing})
             info = {"name": name, "version": version, "release_id": manifest.release_id,
                     "bundle_sha256": manifest.bundle.sha256,
                     "bundle_size": manifest.bundle.size, "kind": manifest.kind,
@@ -263,28 +286,30 @@ class FakeAgent:
             self._stored.setdefault(name, {})[version] = info
             self._append(name, {**record, "result": "stored",
                                 "bundle_size": manifest.bundle.size})
-            return _wire({"status": "stored", **info, "timings": {}})
+            return _answer(UploadResult, {"status": "stored", **info, "timings": {}})
 
     def activate(self, name: str, version: str, *, stage: str | None = None,
                  release_id: str | None = None, pipeline_url: str | None = None,
                  approval: dict[str, Any] | None = None, reason: str | None = None,
-                 timeout: float | None = None) -> dict[str, Any]:
+                 timeout: float | None = None) -> ActivateResult:
         meta = {"stage": stage, "release_id": release_id, "pipeline_url": pipeline_url,
                 "approval": approval, "reason": reason}
         with self._enter("activate", name, version, _drop_none(meta)):
-            return _wire(self._activate(name, version, _drop_none(meta), rollback=False))
+            return _answer(ActivateResult,
+                           self._activate(name, version, _drop_none(meta), rollback=False))
 
     def rollback(self, name: str, version: str | None = None, *, stage: str | None = None,
                  pipeline_url: str | None = None, reason: str | None = None,
                  approval: dict[str, Any] | None = None, allow_expired: bool = False,
-                 timeout: float | None = None) -> dict[str, Any]:
+                 timeout: float | None = None) -> ActivateResult:
         meta = {"stage": stage, "pipeline_url": pipeline_url, "reason": reason,
                 "approval": approval, "override": "allow_expired" if allow_expired else None}
         with self._enter("rollback", name, version, _drop_none(meta)):
-            return _wire(self._activate(name, version, _drop_none(meta), rollback=True))
+            return _answer(ActivateResult,
+                           self._activate(name, version, _drop_none(meta), rollback=True))
 
     def post_approval(self, name: str, approval: dict[str, Any],
-                      envelope: dict[str, Any] | None = None) -> dict[str, Any]:
+                      envelope: dict[str, Any] | None = None) -> ApprovalResult:
         with self._enter("post_approval", name, approval.get("stage")):
             self._plugin(name, action="approval")
             record: dict[str, Any] = {"action": "approval", "who": "ci"}
@@ -305,15 +330,15 @@ class FakeAgent:
                     f"approval: {exc}")
                 raise self._refused(name, record, error) from None
             verified = self.require_signed_approvals  # (taken on trust: no crypto here)
-            # As service.Agent.add_approval records it, envelope included.
+            # As agent.approvals.Approvals.record records it, envelope included.
             self._append(name, {**record, "result": "recorded", "approval": approval,
                                 "envelope": copy.deepcopy(envelope),
                                 "signed": envelope is not None, "verified": verified})
-            return {"status": "recorded", "name": name, "stage": parsed.stage,
-                    "verified": verified}
+            return _answer(ApprovalResult, {"status": "recorded", "name": name,
+                                            "stage": parsed.stage, "verified": verified})
 
     def post_label(self, name: str, label: dict[str, Any],
-                   envelope: dict[str, Any]) -> dict[str, Any]:
+                   envelope: dict[str, Any]) -> AdvisoryResult:
         with self._enter("post_label", name, label.get("version")):
             self._plugin(name, action="advisory")
             record: dict[str, Any] = {"action": "advisory", "who": "ci"}
@@ -342,10 +367,11 @@ class FakeAgent:
                 seen.append((checked.version, checked.advisory))
             floor, advisory = self._floor(name)
             self._append(name, {**record, "result": status, "floor": floor})
-            return {"status": status, "name": name, "label_id": checked.label_id,
-                    "floor": floor, "floor_advisory": advisory}
+            return _answer(AdvisoryResult, {"status": status, "name": name,
+                                            "label_id": checked.label_id, "floor": floor,
+                                            "floor_advisory": advisory})
 
-    # --- the agent's decisions (service.Agent._activate_locked, _switch, _auto_rollback) ----
+    # --- the agent's decisions (agent.activation: _activate_locked, _switch, _auto_rollback)
     def _activate(self, name: str, version: str | None, meta: dict[str, Any], *,
                   rollback: bool) -> dict[str, Any]:
         action = "rollback" if rollback else "activate"
@@ -514,7 +540,7 @@ class FakeAgent:
         floor, advisory = self._floor(name)
         return {**state, "name": name, "stored": sorted(self._stored.get(name, {})),
                 "security_floor": floor, "security_floor_advisory": advisory,
-                "current_link": state["current"]}
+                "current_link": state["current"], "in_progress": None}
 
     def _floor(self, name: str) -> tuple[str | None, str | None]:
         best: tuple[str | None, str | None] = (None, None)
@@ -629,7 +655,7 @@ class FakeFleet:
             agent.upload(*release.paths)
             result = agent.activate(self.plugin, release.version, stage="setup",
                                     release_id=release.manifest.release_id)
-            assert result["result"] in ("activated", "unchanged"), result
+            assert result.result in ("activated", "unchanged"), result
         self.forget_calls()
 
     def approve(self, release: FakeRelease, stage: str, plans: list[StagePlan], *,

@@ -108,7 +108,7 @@ def test_downgrade_refused_but_rollback_allowed(hosted) -> None:
 
 def test_rollback_to_named_version_and_errors(hosted) -> None:
     client = hosted.client()
-    from hotrelease.agent.client import AgentError
+    from hotrelease.errors import AgentError
 
     with pytest.raises(AgentError) as info:
         client.rollback("greeter")  # 1.0.0 is the first activation: no previous
@@ -122,7 +122,7 @@ def test_rollback_to_named_version_and_errors(hosted) -> None:
 
 
 def test_activate_unknown_version_is_404(hosted) -> None:
-    from hotrelease.agent.client import AgentError
+    from hotrelease.errors import AgentError
 
     before = hosted.snapshot()
     with pytest.raises(AgentError) as info:
@@ -164,7 +164,7 @@ def test_two_concurrent_activations_one_wins(make_agent, build_plugin, tmp_path)
     try:
         journal = agent.data_dir / "plugins" / "greeter" / "journal.json"
         wait_until(journal.exists, 20, "the first activation to start")
-        from hotrelease.agent.client import AgentError
+        from hotrelease.errors import AgentError
 
         with pytest.raises(AgentError) as info:
             client.activate("greeter", "1.1.0")
@@ -253,8 +253,7 @@ def test_automatic_rollback_never_goes_below_the_floor(floored, build_plugin, tm
 
 @pytest.mark.parametrize("case", ["release key", "expired", "other bundle"])
 def test_bad_labels_are_refused(floored, case, build_plugin, tmp_path) -> None:
-    from hotrelease.agent.client import AgentError
-    from hotrelease.errors import VerificationError
+    from hotrelease.errors import AgentError, VerificationError
 
     release = floored.releases["1.2.0"]
     if case == "release key":  # signed, but not by the security team

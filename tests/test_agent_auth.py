@@ -13,9 +13,9 @@ import pytest
 import requests
 from conftest import AGENT_TOKEN, AGENT_TOKEN_2
 
-from hotrelease.agent.auth import Unauthorized, authenticate, hash_token
+from hotrelease.agent.auth import authenticate, hash_token
 from hotrelease.agent.config import load_agent_config
-from hotrelease.errors import ConfigError
+from hotrelease.errors import ConfigError, Unauthorized
 
 BAD_AUTH = {
     "missing": None,

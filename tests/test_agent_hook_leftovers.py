@@ -25,19 +25,17 @@ from pathlib import Path
 import pytest
 from conftest import read_history, wait_until
 
-from hotrelease.agent.client import AgentError
 from hotrelease.agent.config import ReloadHook
-from hotrelease.agent.hooks import (
+from hotrelease.agent.hookregistry import (
     HOOK_ID_ENV,
-    AgentStopping,
     _boot_id,
     _proc_stat,
-    run_reload,
     stop_leftover_hooks,
     terminate_running_hooks,
     track_hooks,
 )
-from hotrelease.errors import UnreachableError
+from hotrelease.agent.hooks import run_reload
+from hotrelease.errors import AgentError, AgentStopping, UnreachableError
 
 CRASH = "HOTRELEASE_AGENT_CRASH_AT"
 

@@ -269,20 +269,24 @@ def test_stages_per_lane(tagged_repo) -> None:
 def test_rollout_config_gates_stages_and_changes_the_digest(tagged_repo, tmp_path) -> None:
     """Stages come from the project's [rollout] config; its approval flags are part of the
     decision (and so of the plan digest), on top of the class rule."""
-    from hotrelease.config.project import parse_config
+    from hotrelease.config.inventory import lane_stages
+    from hotrelease.config.project import ProjectConfig, parse_config
 
-    def config(approval: str) -> object:
+    def config(approval: str) -> ProjectConfig:
         data = {"plugin": {"name": "greeter"}, "build": {"commands": ["true"]},
                 "rollout": {"scheduled": [
                     {"name": "canary", "nodes": 1},
                     {"name": "all", "percent": 100, "approval": approval == "on"}]}}
         return parse_config(data, tmp_path / "hotrelease.toml")
 
-    gated = decide_release(config("on"), name="greeter", version="1.3.0",
-                           repo=tagged_repo.path, env={}, now=NOW)
+    on, off = config("on"), config("off")
+    gated = decide_release(on, name="greeter", version="1.3.0",
+                           repo=tagged_repo.path, env={}, now=NOW,
+                           stages=lane_stages(on.inventory))
     assert gated.release_class == "feature"
     assert gated.stages == ["canary", "all"] and gated.approval_stages == ["all"]
-    open_ = decide_release(config("off"), name="greeter", version="1.3.0",
-                           repo=tagged_repo.path, env={}, now=NOW)
+    open_ = decide_release(off, name="greeter", version="1.3.0",
+                           repo=tagged_repo.path, env={}, now=NOW,
+                           stages=lane_stages(off.inventory))
     assert open_.approval_stages == []
     assert open_.plan_digest != gated.plan_digest

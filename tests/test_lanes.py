@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from hotrelease.errors import ConfigError
 from hotrelease.gate.cron import parse_cron
 from hotrelease.gate.policy import Policy
+from hotrelease.gate.route import route_scheduled, route_urgent
 from hotrelease.gate.schedule import (
     SEARCH_HORIZON,
     Freeze,
@@ -23,8 +24,6 @@ from hotrelease.gate.schedule import (
     parse_days,
     parse_duration,
     parse_zone,
-    route_scheduled,
-    route_urgent,
 )
 
 UTC_ZONE = ZoneInfo("UTC")
@@ -430,7 +429,7 @@ timezone = "Asia/Shanghai"
 def test_no_windows_means_no_start_time_even_outside_freezes():
     """Scheduled releases need a window: with none configured there is no start time (the
     CLI refuses with a config error) — a freeze cannot be sidestepped by deleting windows."""
-    from hotrelease.gate.schedule import route_scheduled
+    from hotrelease.gate.route import route_scheduled
 
     freeze = Freeze("launch", fixed=Interval(utc(2026, 12, 20), utc(2026, 12, 22)))
     for moment in (utc(2026, 12, 20, 12), utc(2026, 12, 23, 12)):

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO_ROOT
 
 PACKAGE = REPO_ROOT / "hotrelease"
@@ -23,8 +22,8 @@ def lint_imports(root: Path) -> subprocess.CompletedProcess[str]:
     """The contract checker on the package found under `root` (PYTHONPATH wins over the
     editable install, so a planted copy is what gets analysed)."""
     env = {**os.environ, "PYTHONPATH": str(root)}
-    return subprocess.run([*LINT_IMPORTS, str(root / "pyproject.toml"), "--no-cache"], cwd=root, env=env, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run([*LINT_IMPORTS, str(root / "pyproject.toml"), "--no-cache"],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=120)
 
 
 def test_the_import_contracts_hold() -> None:

@@ -11,11 +11,11 @@ from datetime import timedelta
 import pytest
 from fakeagent import PLUGIN, FakeAgent, FakeFleet, FakeRelease
 
-from hotrelease.agent.client import AgentError
-from hotrelease.agent.service import AgentFailure
 from hotrelease.config.inventory import StageSpec
 from hotrelease.errors import (
     AbortedError,
+    AgentError,
+    AgentFailure,
     NotNowError,
     PolicyError,
     UnreachableError,
@@ -545,9 +545,8 @@ class _Answers:
 
 
 def test_a_node_whose_agent_answered_with_an_error_is_reachable_with_that_error():
-    from hotrelease.agent.client import AgentError
     from hotrelease.config.inventory import RolloutSettings
-    from hotrelease.errors import UnreachableError
+    from hotrelease.errors import AgentError, UnreachableError
     from hotrelease.rollout.nodes import read_fleet
 
     refused = _Answers(AgentError("agent http://a: bad token (unauthorized)",

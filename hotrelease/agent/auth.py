@@ -15,17 +15,10 @@ import re
 import secrets
 from dataclasses import dataclass
 
-from hotrelease.errors import HotreleaseError
+from hotrelease.errors import Unauthorized
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 MIN_TOKEN_LENGTH = 16
-
-
-class Unauthorized(HotreleaseError):
-    code = "unauthorized"
-
-    def __init__(self) -> None:
-        super().__init__("missing or invalid bearer token")
 
 
 @dataclass(frozen=True)

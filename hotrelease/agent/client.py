@@ -1,22 +1,39 @@
 """A small client for the agent API (used by `publish` to drive agents).
 
-Every agent error comes back as a `HotreleaseError` subclass carrying the agent's machine
-code; network failures become `UnreachableError`. Uploads stream the bundle from disk.
+Every answer is parsed into its `agent.wire` model (strictly: an answer that is not what the
+agent sends raises `BadResponseError`). Every agent error comes back as a `HotreleaseError`
+subclass carrying the agent's machine code; network failures become `UnreachableError`.
+Uploads stream the bundle from disk.
 """
 
 from __future__ import annotations
 
 import base64
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import requests
 
 from hotrelease import errors as E
+from hotrelease.agent.wire import (
+    MANIFEST_HEADER,
+    SIGNATURE_HEADER,
+    ActivateResult,
+    AdvisoryResult,
+    AgentHealth,
+    ApprovalResult,
+    ErrorBody,
+    HistoryPage,
+    HistoryRecord,
+    PluginList,
+    PluginStatus,
+    StoredRelease,
+    UploadResult,
+)
+from hotrelease.agent.wiremodel import WireModel
 from hotrelease.trust.manifest import signature_path_for
 
-MANIFEST_HEADER = "X-Hotrelease-Manifest"
-SIGNATURE_HEADER = "X-Hotrelease-Signature"
+M = TypeVar("M", bound=WireModel)
 
 _BY_CODE: dict[str, type[E.HotreleaseError]] = {
     cls.code: cls for cls in (
@@ -24,29 +41,28 @@ _BY_CODE: dict[str, type[E.HotreleaseError]] = {
         E.SizeMismatchError, E.ExpiredError, E.IdentityMismatchError, E.UnsafeArchiveError,
         E.VerificationError)
 }
-_POLICY_CODES = {"downgrade", "below_security_floor", "advisory_unreadable"}
-
-
-class AgentError(E.HotreleaseError):
-    """An agent answered with an error that has no more specific class here."""
-
-    def __init__(self, message: str, *, code: str, status: int) -> None:
-        super().__init__(message, code=code)
-        self.status = status
+_POLICY_CODES = {"downgrade", "below_security_floor"}
 
 
 def error_from_response(url: str, status: int, body: Any) -> E.HotreleaseError:
-    err = body.get("error") if isinstance(body, dict) else None
-    code = err.get("code", "error") if isinstance(err, dict) else "http_error"
-    message = err.get("message", "") if isinstance(err, dict) else f"HTTP {status}"
+    """The exception for an error answer (`body` as parsed JSON, None if it was not JSON):
+    refusals with a class of their own get it, any other code an `AgentError`. A body that
+    is no `ErrorBody` (a proxy's page, say) is `http_error`."""
+    try:
+        error = ErrorBody.from_dict(body).error
+        code, message = error.code, error.message
+    except E.BadResponseError:
+        code, message = "http_error", f"HTTP {status}"
     text = f"agent {url}: {message} ({code})"
     if code in _BY_CODE:
         return _BY_CODE[code](text)
     if code in _POLICY_CODES:
         return E.PolicyError(text, code=code)
-    if code == "too_large":
-        return E.VerificationError(text, code=code)
-    return AgentError(text, code=code, status=status)
+    if code == E.AdvisoryUnreadable.code:
+        return E.AdvisoryUnreadable(text)
+    if code == E.TooLarge.code:
+        return E.TooLarge(text)
+    return E.AgentError(text, code=code, status=status)
 
 
 class _FileStream:
@@ -89,8 +105,9 @@ class AgentClient:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def _call(self, method: str, path: str, *, timeout: float | None = None,
-              **kwargs: Any) -> Any:
+    def _call(self, model: type[M], method: str, path: str, *, timeout: float | None = None,
+              **kwargs: Any) -> M:
+        """One request; its answer parsed into `model`."""
         url = f"{self.url}{path}"
         try:
             read = timeout or self.timeout
@@ -106,32 +123,36 @@ class AgentClient:
             body = None
         if resp.status_code >= 400:
             raise error_from_response(self.url, resp.status_code, body)
-        return body
+        try:
+            return model.from_dict(body)
+        except E.BadResponseError as exc:
+            raise E.BadResponseError(f"agent {self.url}: unexpected answer to {method} {path}: "
+                                     f"{exc}") from None
 
     # --- API -----------------------------------------------------------------------------
-    def health(self) -> dict[str, Any]:
-        return self._call("GET", "/v1/health")
+    def health(self) -> AgentHealth:
+        return self._call(AgentHealth, "GET", "/v1/health")
 
-    def plugins(self) -> list[dict[str, Any]]:
-        return self._call("GET", "/v1/plugins")["plugins"]
+    def plugins(self) -> list[PluginStatus]:
+        return self._call(PluginList, "GET", "/v1/plugins").plugins
 
-    def plugin(self, name: str) -> dict[str, Any]:
-        return self._call("GET", f"/v1/plugins/{name}")
+    def plugin(self, name: str) -> PluginStatus:
+        return self._call(PluginStatus, "GET", f"/v1/plugins/{name}")
 
-    def history(self, name: str, limit: int = 200) -> list[dict[str, Any]]:
-        return self._call("GET", f"/v1/plugins/{name}/history",
-                          params={"limit": limit})["records"]
+    def history(self, name: str, limit: int = 200) -> list[HistoryRecord]:
+        return self._call(HistoryPage, "GET", f"/v1/plugins/{name}/history",
+                          params={"limit": limit}).records
 
-    def release(self, name: str, version: str) -> dict[str, Any] | None:
+    def release(self, name: str, version: str) -> StoredRelease | None:
         try:
-            return self._call("GET", f"/v1/plugins/{name}/releases/{version}")
-        except AgentError as exc:
+            return self._call(StoredRelease, "GET", f"/v1/plugins/{name}/releases/{version}")
+        except E.AgentError as exc:
             if exc.code == "not_stored":
                 return None
             raise
 
     def upload(self, manifest_path: Path, sig_path: Path | None = None,
-               bundle_path: Path | None = None) -> dict[str, Any]:
+               bundle_path: Path | None = None) -> UploadResult:
         """PUT the bundle (streamed from disk) with the signed manifest in two headers."""
         from hotrelease.trust.canonical import strict_loads
 
@@ -150,39 +171,40 @@ class AgentClient:
                    "Content-Type": "application/octet-stream"}
         # An object with __len__ and __iter__: requests sends Content-Length (not chunked)
         # and iterates it, 1 MiB at a time.
-        return self._call("PUT", f"/v1/plugins/{name}/releases/{version}", headers=headers,
-                          data=_FileStream(bundle), timeout=self.upload_timeout)
+        return self._call(UploadResult, "PUT", f"/v1/plugins/{name}/releases/{version}",
+                          headers=headers, data=_FileStream(bundle),
+                          timeout=self.upload_timeout)
 
     def activate(self, name: str, version: str, *, stage: str | None = None,
                  release_id: str | None = None, pipeline_url: str | None = None,
                  approval: dict[str, Any] | None = None, reason: str | None = None,
-                 timeout: float | None = None) -> dict[str, Any]:
+                 timeout: float | None = None) -> ActivateResult:
         """Returns the agent's answer; `result` is "activated", "unchanged", "rolled_back"
         or "failed" (the last two are not raised: the agent did its job)."""
         body = {k: v for k, v in {"version": version, "stage": stage, "release_id": release_id,
                                   "pipeline_url": pipeline_url, "approval": approval,
                                   "reason": reason}.items() if v is not None}
-        return self._call("POST", f"/v1/plugins/{name}/activate", json=body,
+        return self._call(ActivateResult, "POST", f"/v1/plugins/{name}/activate", json=body,
                           timeout=timeout or max(self.timeout, 120.0))
 
     def rollback(self, name: str, version: str | None = None, *, stage: str | None = None,
                  pipeline_url: str | None = None, reason: str | None = None,
                  approval: dict[str, Any] | None = None, allow_expired: bool = False,
-                 timeout: float | None = None) -> dict[str, Any]:
+                 timeout: float | None = None) -> ActivateResult:
         body = {k: v for k, v in {"version": version, "stage": stage,
                                   "pipeline_url": pipeline_url, "reason": reason,
                                   "approval": approval,
                                   "allow_expired": allow_expired or None}.items()
                 if v is not None}
-        return self._call("POST", f"/v1/plugins/{name}/rollback", json=body,
+        return self._call(ActivateResult, "POST", f"/v1/plugins/{name}/rollback", json=body,
                           timeout=timeout or max(self.timeout, 120.0))
 
     def post_approval(self, name: str, approval: dict[str, Any],
-                      envelope: dict[str, Any] | None = None) -> dict[str, Any]:
-        return self._call("POST", f"/v1/plugins/{name}/approvals",
+                      envelope: dict[str, Any] | None = None) -> ApprovalResult:
+        return self._call(ApprovalResult, "POST", f"/v1/plugins/{name}/approvals",
                           json={"approval": approval, "envelope": envelope})
 
     def post_label(self, name: str, label: dict[str, Any],
-                   envelope: dict[str, Any]) -> dict[str, Any]:
-        return self._call("POST", f"/v1/plugins/{name}/advisories",
+                   envelope: dict[str, Any]) -> AdvisoryResult:
+        return self._call(AdvisoryResult, "POST", f"/v1/plugins/{name}/advisories",
                           json={"label": label, "envelope": envelope})

@@ -13,18 +13,17 @@ import signal
 import threading
 from collections.abc import Iterator
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from hotrelease.agent.hooks import run_reload, stop_leftover_hooks, track_hooks
+from hotrelease.agent.core import AgentCore
+from hotrelease.agent.hookregistry import stop_leftover_hooks, track_hooks
+from hotrelease.agent.hooks import run_reload
 from hotrelease.agent.store import crash_point
-
-if TYPE_CHECKING:
-    from hotrelease.agent.service import Agent
 
 HOOKS_DIR = "hooks"  # <data_dir>/hooks/<pgid>.json: one record per command hook running
 
 
-def recover(agent: Agent) -> list[dict[str, Any]]:
+def recover(agent: AgentCore) -> list[dict[str, Any]]:
     """Stop leftover hooks, then finish or undo a switch interrupted by a crash, so
     `current` and state agree. A SIGTERM meanwhile stops the hook being run first."""
     with _hooks_die_with_the_agent():
@@ -34,7 +33,7 @@ def recover(agent: Agent) -> list[dict[str, Any]]:
         return done + _recover_switches(agent) + _recover_uploads(agent)
 
 
-def recover_leftover_hooks(agent: Agent) -> list[dict[str, Any]]:
+def recover_leftover_hooks(agent: AgentCore) -> list[dict[str, Any]]:
     """Command hooks (reload, precheck, health) a previous run left running - it was killed
     while they ran, and they run in their own session - are stopped before recovery reloads
     anything: their process group gets SIGTERM, then SIGKILL, and is waited for (bounded).
@@ -106,7 +105,7 @@ def _hooks_die_with_the_agent() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
-def _recover_switches(agent: Agent) -> list[dict[str, Any]]:
+def _recover_switches(agent: AgentCore) -> list[dict[str, Any]]:
     """Finish or undo a switch interrupted by a crash, so `current` and state agree."""
     store = agent.store
     done = []
@@ -156,7 +155,7 @@ def _recover_switches(agent: Agent) -> list[dict[str, Any]]:
     return done
 
 
-def _recover_uploads(agent: Agent) -> list[dict[str, Any]]:
+def _recover_uploads(agent: AgentCore) -> list[dict[str, Any]]:
     """Every release in releases/ has a history record: one renamed into place by an upload
     that was killed before recording it gets a `stored` record now. (Nothing reaches
     releases/ unverified: the rename is the upload's last step.)"""
@@ -173,8 +172,8 @@ def _recover_uploads(agent: Agent) -> list[dict[str, Any]]:
             info = agent.release_info(name, version)
             rec = store.append_history(name, {
                 "action": "recover", "who": "agent", "version": version, "result": "stored",
-                "release_id": info and info["release_id"],
-                "bundle_sha256": info and info["bundle_sha256"],
+                "release_id": info.release_id if info else None,
+                "bundle_sha256": info.bundle_sha256 if info else None,
                 "reason": f"{name}@{version} is in releases/ with no history record of its "
                           "upload (the agent stopped between storing and recording it)"})
             done.append({"name": name, **rec})

@@ -15,7 +15,7 @@ still take every file descriptor. `GuardedProtocol` adds, per connection
 - body: each body_timeout window must bring body_min_rate x body_timeout bytes (at least
   one), unless the body ends first or the app is not reading (backpressure is ours, not
   the client's). A slower body is cut: the app's next read of it raises `BodyTimeout`
-  (app.py), which removes a partial upload, records the refusal for the plugin and
+  (middleware.py), which removes a partial upload, records the refusal for the plugin and
   answers 408 body_timeout. Bytes that still arrive are dropped; the connection is closed
   after that answer, or CUT_GRACE seconds after the cut if the app gives none;
 - answer: a client that stops reading our answer (the send buffer stays full) for
@@ -41,8 +41,8 @@ from typing import Any, cast
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from hotrelease.agent.app import CUT_SCOPE_KEY
 from hotrelease.agent.config import DEFAULT_HTTP_LIMITS, HttpLimits
+from hotrelease.agent.middleware import CUT_SCOPE_KEY
 
 RESERVED_FDS = 256  # kept below the open-file limit: data files, hooks, the refusals below
 LINGER = 1.0  # seconds a refused connection is read (and dropped) before it is closed

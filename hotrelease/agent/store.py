@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from hotrelease.errors import ConfigError
+from hotrelease.trust.archive import fsync_dir
 
 CRASH_ENV = "HOTRELEASE_AGENT_CRASH_AT"
 CRASH_POINTS = (
@@ -59,14 +60,6 @@ def crash_point(name: str) -> None:
 
 def utcnow() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def atomic_write(path: Path, data: bytes, *, durable: bool = True) -> None:

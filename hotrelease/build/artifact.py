@@ -2,6 +2,10 @@
 
 Everything is produced in a private staging directory inside the output dir and renamed
 into place only when all of it succeeded, so a failed build leaves no partial files.
+
+`build_release()` takes any `BuildProject` (a `config.project.ProjectConfig` is one): the
+build never imports the config. Imports `build` and `trust` only; called by `commands` and
+the demo.
 """
 
 from __future__ import annotations
@@ -18,17 +22,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from hotrelease import __version__
 from hotrelease.build.bundle import create_bundle
 from hotrelease.build.checksum import write_sha256sums
-from hotrelease.trust.digest import sha256_file
-from hotrelease.config.project import ProjectConfig
-from hotrelease.errors import BuildError, UsageError
 from hotrelease.build.git import SourceState, read_source_state
 from hotrelease.build.goabi import go_abi_facts
-from hotrelease.trust.manifest import BundleRef, ReleaseManifest, format_time
+from hotrelease.build.settings import BuildConfig, PluginConfig
+from hotrelease.errors import BuildError, UsageError
+from hotrelease.trust.digest import sha256_file
+from hotrelease.trust.manifest import BundleRef, ReleaseManifest
+from hotrelease.trust.times import format_time
 from hotrelease.trust.versions import parse_version
 
 # GitLab CI variables recorded as provenance when present.
@@ -41,6 +46,23 @@ CI_VARIABLES = {
     "CI_COMMIT_REF_NAME": "ci_commit_ref_name",
     "GITLAB_USER_LOGIN": "ci_user",
 }
+
+
+class BuildProject(Protocol):
+    """What a build reads from the project: the config file's path (for messages), the
+    source root, the plugin and its build settings."""
+
+    @property
+    def path(self) -> Path: ...
+
+    @property
+    def root(self) -> Path: ...
+
+    @property
+    def plugin(self) -> PluginConfig: ...
+
+    @property
+    def build(self) -> BuildConfig: ...
 
 
 @dataclass
@@ -79,7 +101,7 @@ def source_date_epoch(env: Mapping[str, str], state: SourceState) -> int:
     return state.commit_time or 0
 
 
-def _run_commands(cfg: ProjectConfig, substitutions: dict[str, str], env: dict[str, str],
+def _run_commands(cfg: BuildProject, substitutions: dict[str, str], env: dict[str, str],
                   log: Callable[[str], None]) -> None:
     for number, template in enumerate(cfg.build.commands, start=1):
         try:
@@ -104,7 +126,7 @@ def _run_commands(cfg: ProjectConfig, substitutions: dict[str, str], env: dict[s
                              f"{proc.returncode}: {shlex.join(argv)}")
 
 
-def build_release(cfg: ProjectConfig, *, version: str | None, out_dir: Path | None,
+def build_release(cfg: BuildProject, *, version: str | None, out_dir: Path | None,
                   allow_dirty: bool, now: datetime, env: Mapping[str, str] | None = None,
                   log: Callable[[str], None] = lambda _: None) -> BuildResult:
     env = dict(os.environ if env is None else env)

@@ -55,7 +55,8 @@ def create_bundle(source_dir: Path, target: Path, mtime: int) -> list[FileEntry]
                 with open(full, "rb") as fh:
                     hashing = HashingReader(fh)
                     tar.addfile(info, hashing)
-                files.append(FileEntry(check_member_path(rel), hashing.digest.hexdigest(), st.st_size))
+                files.append(FileEntry(check_member_path(rel), hashing.digest.hexdigest(),
+                                       st.st_size))
             else:
                 raise BuildError(f"build output {rel!r} is not a regular file or directory "
                                  "(links and special files are not allowed in bundles)")

@@ -4,6 +4,10 @@ Starts a small fleet of real agents (each managing a Python plugin host), then w
 example plugin through: first rollout with an approval, a feature release that waits for its
 maintenance window, a signed security patch that takes the urgent lane straight through, and
 a broken release that the canary catches and rolls back. Everything it starts, it stops.
+
+Drives the same release session as the CLI (`rollout.session`); how a publish report and the
+status table read is the CLI's (`commands.render`), handed in by `commands.release`, since
+`ci` sits below `commands`.
 """
 
 from __future__ import annotations
@@ -17,12 +21,14 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from hotrelease.errors import HotreleaseError
 from hotrelease.trust.keys import generate_keypair, load_private_key
 from hotrelease.trust.manifest import sign_manifest
 
 Say = Callable[[str], None]
+Lines = Callable[[dict[str, Any]], list[str]]  # a report or status -> the CLI's lines
 
 DEMO_CONFIG = """
 [trust]
@@ -93,8 +99,10 @@ def _env(**values: str) -> Iterator[None]:
 
 
 class Demo:
-    def __init__(self, base: Path, say: Say, nodes: int) -> None:
+    def __init__(self, base: Path, say: Say, nodes: int, *, publish_lines: Lines,
+                 status_lines: Lines, notice: Say) -> None:
         self.base, self.say, self.count = base, say, nodes
+        self.publish_lines, self.status_lines, self.notice = publish_lines, status_lines, notice
         self.keys = base / "keys"
         self.repo = base / "greeter"
 
@@ -188,11 +196,11 @@ class Demo:
                  f"{d.lane} lane, at {now:%Y-%m-%d %H:%M}Z]")
         try:
             report = session.publish(stage=None, all_stages=all_stages, plan_digest=None,
-                                     dry_run=False, wait=False, progress=False)
+                                     dry_run=False, wait=False, notice=self.notice)
         except HotreleaseError as exc:
             self.say(f"   -> {type(exc).__name__} (exit {exc.exit_code}): {exc}")
             return
-        for line in session.describe(report):
+        for line in self.publish_lines(report):
             self.say(f"   -> {line}")
 
     def approve(self, manifest: Path, stage: str, now: datetime) -> None:
@@ -214,18 +222,22 @@ class Demo:
                  "(signed by the security key)")
 
     def status(self, title: str) -> None:
-        from hotrelease.rollout.session import fleet_status, format_status
+        from hotrelease.rollout.session import fleet_status
 
         result = fleet_status(config=self.repo / "hotrelease.toml", plugin=None)
         serving = {n.name: n.serving() for n in self.fleet.nodes}
         self.say(f"   status: {title}")
-        for line in format_status(result):
+        for line in self.status_lines(result):
             node = line.split(" ", 1)[0]
             extra = "SERVING" if node == "NODE" else (serving.get(node) or "-")
             self.say(f"     {line:<92} {extra}")
 
 
-def run_demo(say: Say, nodes: int = 3) -> None:
+def run_demo(say: Say, nodes: int = 3, *, publish_lines: Lines, status_lines: Lines,
+             notice: Say = lambda _: None) -> None:
+    """`say`: the story (stdout); `publish_lines`, `status_lines`: how a publish report and
+    the status table read; `notice`: the session's warnings and notes (stderr)."""
     with tempfile.TemporaryDirectory(prefix="hotrelease-demo-") as tmp:
         say(f"demo workspace: {tmp}")
-        Demo(Path(tmp), say, nodes).run()
+        Demo(Path(tmp), say, nodes, publish_lines=publish_lines, status_lines=status_lines,
+             notice=notice).run()

@@ -7,7 +7,9 @@ to a trigger job (`trigger: include: - artifact: ... job: ...`), so the rest of 
 is exactly the lane's jobs, with the manifest, plan digest and stages written in literally.
 
 Pure: `render_child()` turns a `ChildSpec` into YAML text; `gather_spec()` (the I/O half)
-reads the config, the manifest's decision and the stage plan.
+reads the config, the manifest's decision and the stage plan (the release session's, or
+without nodes the decision's own stages). Imports `rollout`, `config`, `gate` and `trust`;
+only `commands` imports it.
 """
 
 from __future__ import annotations
@@ -232,20 +234,12 @@ def render_child(spec: ChildSpec) -> str:
 # --- gathering the inputs --------------------------------------------------------------------
 
 
-def _stage_specs(cfg: Any, lane: str) -> list[StageJob]:
-    from hotrelease.config.inventory import DEFAULT_STAGES
-
-    inventory = getattr(cfg, "inventory", None)
-    specs = (inventory.stages.get(lane) if inventory is not None else None) or \
-        DEFAULT_STAGES.get(lane, DEFAULT_STAGES["scheduled"])
-    return [StageJob(s.name, s.approval) for s in specs]
-
-
 def gather_spec(*, lane: str, manifest: Path, config: Path | None, plan_digest: str | None,
                 now: datetime, env: Mapping[str, str], environment: str | None = None,
                 image: str | None = None, pip_spec: str | None = None,
                 parent_job: str = DEFAULT_PARENT_JOB, skip_done: bool = False) -> ChildSpec:
     """The decision for MANIFEST under the project config, cross-checked against `lane`."""
+    from hotrelease.config.inventory import lane_stages
     from hotrelease.config.project import load_config
     from hotrelease.trust.manifest import load_manifest
 
@@ -254,10 +248,10 @@ def gather_spec(*, lane: str, manifest: Path, config: Path | None, plan_digest: 
     if not manifest.is_file():
         raise UsageError(f"{manifest}: manifest not found")
     cfg = load_config(config)
-    inventory = getattr(cfg, "inventory", None)
+    inventory = cfg.inventory
     stages: list[StageJob]
     done: list[str] = []
-    if inventory is not None and inventory.nodes:
+    if inventory.nodes:
         from hotrelease.rollout.session import FleetSession
 
         session = FleetSession.open(manifest, config=cfg.path, now=now)
@@ -273,10 +267,10 @@ def gather_spec(*, lane: str, manifest: Path, config: Path | None, plan_digest: 
 
         m = load_manifest(manifest)
         decision = decide_release(cfg, manifest=m, manifest_path=manifest, repo=cfg.root,
-                                  now=now, env=env)
-        forced = set(decision.approval_stages)
-        stages = [StageJob(s.name, s.needs_approval or s.name in forced)
-                  for s in _stage_specs(cfg, decision.lane)]
+                                  now=now, env=env, stages=lane_stages(inventory))
+        # No fleet to assign: a job per stage of the decision, gated as it decided.
+        gated = set(decision.approval_stages)
+        stages = [StageJob(stage, stage in gated) for stage in decision.stages]
         name, version = m.name, m.version
     if decision.lane != lane:
         raise PolicyError(f"--lane {lane} but {name} {version} is decided {decision.lane} now "

@@ -3,7 +3,7 @@
 The templates live in the `hotrelease.templates` package (templates/ in the checkout), so init
 works after a plain `pip install`. Nothing is overwritten without `force`; keys and the
 agent token are never overwritten (a new release key would orphan every signed release), they
-are reused when present.
+are reused when present. Imports `config`, `trust` and `agent.auth`; `commands.init` calls it.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """classify, plan, windows, label security: the version gate's commands.
 
-Thin: parse options, call `gate.decide_release()` / the schedule, format. Heavy imports (git,
-cryptography, requests) happen inside the functions so `hotrelease --help` stays fast.
+Thin: parse options, call `gate.decide_release()` (with the config's stages and the fleet
+baseline) / the schedule, format. Heavy imports (git, cryptography, requests) happen inside
+the functions so `hotrelease --help` stays fast.
 """
 
 from __future__ import annotations
@@ -66,10 +67,13 @@ def _decide(config: Path | None, manifest: Path | None, version: str | None, nam
 
     view = open_view(repo or Path.cwd())  # git lists tags while we read the rest
 
+    from hotrelease.config.inventory import lane_stages
     from hotrelease.gate.inputs import decide_release
+    from hotrelease.rollout.baseline import fleet_baseline
     from hotrelease.trust.manifest import load_manifest
 
     cfg = _optional_config(config)
+    inventory = cfg.inventory if cfg is not None else None
     loaded = load_manifest(existing_file(manifest, "manifest")) if manifest else None
     if loaded is not None and name is not None and name != loaded.name:
         raise UsageError(f"--name {name} but the manifest is for {loaded.name}")
@@ -77,7 +81,8 @@ def _decide(config: Path | None, manifest: Path | None, version: str | None, nam
                               version=version, bundle_sha256=bundle_sha256, baseline=baseline,
                               repo=view if view is not None else (repo or Path.cwd()),
                               labels=labels or [], now=parse_now(now),
-                              rollback=rollback)
+                              rollback=rollback, stages=lane_stages(inventory),
+                              fleet_baseline=fleet_baseline(inventory))
     if decision.refused:
         raise PolicyError(decision.refused, code="downgrade")
     return decision, cfg
@@ -183,13 +188,12 @@ def plan_cmd(
 def _stage_plan(cfg: Any | None, decision: Any) -> list[Any] | None:
     """Which nodes each stage reaches and which stages need an approval, when the config
     names the fleet (the same plan `publish` and the GitLab child pipeline use)."""
-    inventory = getattr(cfg, "inventory", None)
+    inventory = cfg.inventory if cfg is not None else None
     if inventory is None or not inventory.nodes or decision.lane == "none":
         return None
     from hotrelease.rollout.plan import release_plan
 
-    return release_plan(f"{decision.name}@{decision.version}", inventory, decision.lane,
-                        gated=decision.approval_stages, canary_only=decision.canary_only)
+    return release_plan(f"{decision.name}@{decision.version}", inventory, decision)
 
 
 def windows_cmd(

@@ -43,16 +43,21 @@ def publish(
     json_out: bool = JSON_OPTION,
 ) -> None:
     """Upload and activate a release stage by stage (canary, approval, waves)."""
+    from hotrelease.commands.render import Progress, publish_lines
     from hotrelease.rollout.session import FleetSession
 
     session = FleetSession.open(manifest, config=config, now=parse_now(now), labels=label)
-    report = session.publish(stage=stage, all_stages=all_stages, plan_digest=plan,
-                             dry_run=dry_run, wait=wait, progress=not json_out,
-                             notify=notify)
+    progress = Progress(enabled=not json_out)
+    try:
+        report = session.publish(stage=stage, all_stages=all_stages, plan_digest=plan,
+                                 dry_run=dry_run, wait=wait, progress=progress, notice=info,
+                                 notify=notify)
+    finally:
+        progress.close()
     if json_out:
         emit_json(report)
     else:
-        for line in session.describe(report):
+        for line in publish_lines(report):
             typer.echo(line)
 
 
@@ -115,9 +120,9 @@ def status(
     if json_out:
         emit_json(result)
     else:
-        from hotrelease.rollout.session import format_status
+        from hotrelease.commands.render import status_lines
 
-        for line in format_status(result):
+        for line in status_lines(result):
             typer.echo(line)
 
 
@@ -148,7 +153,8 @@ def rollback(
                        + (f" ({item['detail']})" if item.get("detail") else ""))
     failed = [item["node"] for item in result["nodes"] if item["result"] == "failed"]
     if failed:
-        expired = any("allow_expired" in str(item.get("detail")) for item in result["nodes"])
+        # "expired": the agent refused to go back to a manifest that has expired since
+        expired = any(item.get("code") == "expired" for item in result["nodes"])
         info(f"hotrelease: error: rollback refused or failed on {', '.join(failed)}"
              + ("; the previous version's manifest has expired: --allow-expired goes back "
                 "anyway" if expired else ""))

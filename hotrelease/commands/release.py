@@ -168,8 +168,10 @@ def demo(
 ) -> None:
     """Run the whole product locally: agents, build, sign, classify, publish (temp dir)."""
     from hotrelease.ci.demo import run_demo
+    from hotrelease.commands.render import publish_lines, status_lines
 
-    run_demo(typer.echo, nodes)
+    run_demo(typer.echo, nodes, publish_lines=publish_lines, status_lines=status_lines,
+             notice=info)
 
 
 def register_demo(app: typer.Typer) -> None:

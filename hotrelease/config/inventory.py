@@ -2,17 +2,21 @@
 config (stages per lane, retries, timeouts), read from `hotrelease.toml`.
 
 `DEFAULT_STAGES` is the one declaration of the stages a lane goes through when the config
-names none; `rollout.plan` assigns nodes to them, the gate's decision names them.
+names none (and when there is no config at all); `lane_stages()` hands them to the gate's
+decision as a `gate.stages.LaneStages`, and `rollout.plan` assigns nodes to them.
+Imports `config.reader` and `gate` only.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hotrelease.config.reader import Table, load_toml
 from hotrelease.gate.policy import LANES
+from hotrelease.gate.stages import LaneStages
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,23 @@ DEFAULT_STAGES = {
     "urgent": [StageSpec("canary", nodes=1, bake_seconds=30),
                StageSpec("all", percent=100, bake_seconds=0)],
 }
+
+
+def lane_stages(inventory: Inventory | None) -> LaneStages:
+    """The stages of a release decision: the inventory's stage names per lane, the stages
+    its config always gates, and its plan inputs (for the plan digest); no inventory (no
+    project config): `DEFAULT_STAGES`."""
+    if inventory is None:
+        return _lane_stages(DEFAULT_STAGES, None)
+    return _lane_stages(inventory.stages, inventory.plan_inputs())
+
+
+def _lane_stages(stages: Mapping[str, list[StageSpec]],
+                 inputs: dict[str, Any] | None) -> LaneStages:
+    return LaneStages(names={lane: [s.name for s in specs] for lane, specs in stages.items()},
+                      gated={lane: [s.name for s in specs if s.approval]
+                             for lane, specs in stages.items()},
+                      inputs=inputs)
 
 
 def _stage(t: Table) -> StageSpec:

@@ -1,4 +1,10 @@
-"""`hotrelease.toml` -> typed config. Errors name the file, the key path and what was expected."""
+"""`hotrelease.toml` -> typed config. Errors name the file, the key path and what was expected.
+
+Builds the gate's `Policy` and `Schedule`, the build's `PluginConfig` and `BuildConfig`
+(declared in `build.settings`, re-exported here) and the fleet (`config.inventory`). Imports
+`config`, `gate`, `build.settings` and `trust` only; the rollout, CI glue and commands
+import it.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from hotrelease.build.settings import BuildConfig, PluginConfig
 from hotrelease.config.inventory import Inventory, parse_inventory
 from hotrelease.config.reader import Table, load_toml
 from hotrelease.errors import ConfigError
@@ -25,28 +32,6 @@ from hotrelease.trust.manifest import PLUGIN_KINDS, Dependency, check_name
 from hotrelease.trust.times import parse_iso
 
 CONFIG_NAME = "hotrelease.toml"
-
-
-@dataclass
-class PluginConfig:
-    name: str
-    kind: str
-    entry_symbols: list[str] = field(default_factory=list)
-    dependencies: list[Dependency] = field(default_factory=list)
-    labels: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class BuildConfig:
-    # Each command is split like a shell would (shlex) but run without a shell; placeholders
-    # {name} {version} {out} {plugin_path} are substituted per argument, so a version string
-    # can never inject shell syntax.
-    commands: list[str]
-    output_dir: Path
-    workdir: Path
-    expires_days: int = 90
-    timeout: int = 1800
-    env: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -77,7 +62,7 @@ class ProjectConfig:
     build: BuildConfig
     trust: TrustConfig
     policy: Policy = field(default_factory=Policy)
-    schedule: Any = None  # lanes.Schedule; built lazily-typed to keep this module light
+    schedule: Any = None  # a gate.schedule.Schedule (imported lazily: a light module)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
     inventory: Inventory = field(default_factory=Inventory)
 
@@ -159,7 +144,7 @@ def _policy(t: Table) -> Policy:
     return cfg
 
 
-def _recurrence(t: Table, tz: ZoneInfo):  # -> lanes.Recurrence
+def _recurrence(t: Table, tz: ZoneInfo):  # -> gate.schedule.Recurrence
     from hotrelease.gate.cron import parse_cron
     from hotrelease.gate.schedule import Recurrence, parse_clock, parse_days, parse_duration
 

@@ -24,8 +24,7 @@ from typing import TYPE_CHECKING, Any
 import semver
 
 from hotrelease.errors import HotreleaseError
-from hotrelease.gate.policy import SIGNED_LABEL, SOURCE_WORDS, Policy
-from hotrelease.gate.schedule import Reason
+from hotrelease.gate.policy import SIGNED_LABEL, SOURCE_WORDS, Policy, Reason
 
 if TYPE_CHECKING:  # cryptography is imported only when a label is actually checked
     from hotrelease.trust.keys import PublicKey

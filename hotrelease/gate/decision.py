@@ -1,29 +1,31 @@
-"""The release decision: classification + lane + approvals + plan digest. Pure.
+"""The release decision: classification + lane + stages and approvals + plan digest. Pure.
 
-`decide()` takes a classification, the schedule, the policy and an explicit `now`, and
-returns everything `plan` prints and `publish` (later) needs. The plan digest covers the
-inputs that decided the outcome, not the clock: the same release under the same config and
-evidence keeps the same digest, so `publish --plan DIGEST` can refuse only when something
-that matters changed.
+`decide()` takes a classification, the schedule, the policy, the rollout config's stages and
+an explicit `now`, and returns everything `plan` prints and `publish` needs. The lane comes
+from `gate.route`, the stages and their approvals from `gate.stages.stage_gates()` (the one
+place they are derived). The plan digest covers the inputs that decided the outcome, not the
+clock: the same release under the same config and evidence keeps the same digest, so
+`publish --plan DIGEST` can refuse only when something that matters changed.
+
+Imported by `gate.inputs` and by the rollout (which plans nodes from a decision).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from hotrelease.gate.classify import Classification, SecurityClaim
-from hotrelease.gate.policy import Policy
-from hotrelease.gate.schedule import Reason, Routing, Schedule, Slot, route_scheduled, route_urgent
+from hotrelease.gate.policy import Policy, Reason
+from hotrelease.gate.route import route
+from hotrelease.gate.schedule import Schedule, Slot
+from hotrelease.gate.stages import LaneStages, Stages, stage_gates
 from hotrelease.trust.canonical import canonical_bytes
 from hotrelease.trust.times import format_time
 
 PLAN_FORMAT = "hotrelease/plan/v1"
-# Until stage configuration exists (issue 5): canary first, then the rest of the fleet.
-DEFAULT_STAGES = ("canary", "waves")
 
 
 def _time(moment: datetime | None) -> str | None:
@@ -82,47 +84,17 @@ def plan_digest(inputs: dict[str, Any]) -> str:
     return "sha256:" + hashlib.sha256(canonical_bytes(inputs)).hexdigest()
 
 
-def _route(c: Classification, schedule: Schedule, policy: Policy, now: datetime) -> Routing:
-    if c.refused is not None:
-        return Routing("none", None, reasons=[Reason("lane.none", "refused: nothing to route")])
-    if c.release_class == "no-change":
-        return Routing("none", None, reasons=[Reason("lane.none", "same version as the "
-                                                                  "baseline: nothing to roll out")])
-    if c.release_class == "security":
-        assert c.security is not None
-        return route_urgent(schedule, now, signed=c.security.signed, policy=policy)
-    if c.rollback and policy.rollback_lane == "urgent":
-        return route_urgent(schedule, now, signed=False, policy=policy)
-    why = ("explicit rollback (policy.rollback_lane = scheduled)" if c.rollback
-           else f"class {c.release_class} waits for a maintenance window")
-    return route_scheduled(schedule, now, why)
-
-
-Stages = Sequence[str] | Mapping[str, Sequence[str]]
-
-
-def stages_for(stages: Stages, lane: str) -> list[str]:
-    """Stage names for a lane: one list for every lane, or a list per lane (`urgent`,
-    `scheduled`); a lane without its own list (e.g. `none`) uses the scheduled one."""
-    if isinstance(stages, Mapping):
-        return list(stages.get(lane) or stages.get("scheduled") or [])
-    return list(stages)
-
-
 def decide(c: Classification, *, name: str, bundle_sha256: str | None, baseline_source: str,
            schedule: Schedule, policy: Policy, now: datetime,
-           stages: Stages = DEFAULT_STAGES,
-           gated: Mapping[str, Sequence[str]] | None = None,
-           rollout: Mapping[str, Any] | None = None) -> ReleaseDecision:
-    """`gated`: per lane, the stages the rollout config always gates behind an approval;
-    the class (e.g. major) may add every stage after the first. `rollout`: what the stage
-    plan is computed from (inventory and stage specs), covered by the plan digest."""
-    routing = _route(c, schedule, policy, now)
-    lane_stages = stages_for(stages, routing.lane)
-    planned = lane_stages[:1] if c.canary_only else lane_stages
-    always = set((gated or {}).get(routing.lane, ()))
-    approval = [s for i, s in enumerate(planned)
-                if s in always or (c.needs_approval and i > 0)]
+           stages: LaneStages | Stages = ()) -> ReleaseDecision:
+    """`stages`: the rollout config's stages (a `LaneStages`: names per lane, the stages it
+    always gates, and what the stage plan is computed from, covered by the plan digest), or
+    plain stage names; none given, the decision plans no stage."""
+    lanes = stages if isinstance(stages, LaneStages) else LaneStages(stages)
+    routing = route(c, schedule, policy, now)
+    gates = stage_gates(lanes, routing.lane, canary_only=c.canary_only,
+                        needs_approval=c.needs_approval)
+    planned, approval = gates.stages, gates.approval
     reasons = [*c.reasons, *routing.reasons]
     if approval:
         reasons.append(Reason("approval.stages", f"approval needed before: {', '.join(approval)}"))
@@ -138,7 +110,7 @@ def decide(c: Classification, *, name: str, bundle_sha256: str | None, baseline_
         "canary_only": c.canary_only, "needs_approval": c.needs_approval,
         "stages": planned, "approval_stages": approval, "security": security,
         "policy": policy.to_dict(), "schedule": schedule.to_dict(),
-        "rollout": dict(rollout) if rollout is not None else None,
+        "rollout": dict(lanes.inputs) if lanes.inputs is not None else None,
     }
     return ReleaseDecision(
         name=name, version=str(c.candidate), bundle_sha256=bundle_sha256,

@@ -2,13 +2,17 @@
 
 This is the I/O half: it reads files, git and the environment, and hands plain data to the
 pure `classify.classify()` and `decision.decide()`. `decide_release()` is the one entry point
-for the CLI (`classify`, `plan`) and for `publish`.
+for the CLI (`classify`, `plan`), the GitLab child pipeline and `publish`.
+
+What lies above the gate arrives injected: the rollout config's stages (`stages`, built by
+`config.inventory.lane_stages`) and the versions the fleet runs (`fleet_baseline`, from
+`rollout.baseline`). Imports `gate`, `build.git` and `trust` only.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -18,15 +22,20 @@ import semver
 
 from hotrelease.errors import UsageError
 from hotrelease.gate.classify import SecurityClaim, check_label, classify
-from hotrelease.gate.decision import DEFAULT_STAGES, ReleaseDecision, Stages, decide
+from hotrelease.gate.decision import ReleaseDecision, decide
 from hotrelease.gate.policy import COMMIT_TRAILER, MR_LABEL, SIGNED_LABEL, TAG_TRAILER, Policy
 from hotrelease.gate.schedule import Schedule
+from hotrelease.gate.stages import LaneStages, Stages
 from hotrelease.gate.versioning import highest_tag_below
 from hotrelease.trust.canonical import strict_loads
 from hotrelease.trust.versions import parse_version
 
 SECURITY_TRAILER = "Security-Advisory"
 MR_LABELS_VARIABLE = "CI_MERGE_REQUEST_LABELS"
+
+# (plugin name, candidate) -> the highest other version the fleet runs and where that was
+# seen, or None when no reachable node runs the plugin yet.
+FleetBaseline = Callable[[str, semver.Version], tuple[semver.Version, str] | None]
 
 
 @dataclass
@@ -50,7 +59,7 @@ def read_git(source: Path | Any, candidate: semver.Version, *,
     """Baseline = highest non-prerelease SemVer tag below the candidate; trailers from the
     candidate's tag message and its commit (else `commit`, else HEAD).
 
-    `source` is a path inside a repository, or a `gittags.GitView` already opened (and
+    `source` is a path inside a repository, or a `build.git.GitView` already opened (and
     already listing tags) by the caller; None from `open_view` means "not in git"."""
     from hotrelease.build.git import commit_message, open_view, tag_message, trailer_values
 
@@ -110,17 +119,22 @@ def decide_release(cfg: Any | None = None, *, manifest: Any | None = None,
                    baseline: str | None = None, repo: Path | Any | None = None,
                    labels: Sequence[Path] = (), env: Mapping[str, str] | None = None,
                    now: datetime, rollback: bool = False,
-                   stages: Stages | None = None) -> ReleaseDecision:
+                   stages: LaneStages | Stages = (),
+                   fleet_baseline: FleetBaseline | None = None) -> ReleaseDecision:
     """Decide class, lane, earliest start, approvals and plan digest for one release.
 
-    `cfg` is a `ProjectConfig` (None: default policy, no windows, no security keys). The
+    `cfg` is a `ProjectConfig` (None: default policy, no windows, no security keys); only
+    its policy, schedule, plugin name and security keys are read. The
     candidate comes from `manifest` (a `ReleaseManifest`) or `name` + `version`. Baseline:
     `baseline` if given, else the highest SemVer tag below the candidate in the git repository
-    at `repo` (default: the current directory; or a `gittags.GitView` the caller opened
+    at `repo` (default: the current directory; or a `build.git.GitView` the caller opened
     early, so git lists tags while the rest is gathered). Labels: `labels`, else the
     default label file next to `manifest_path`. `env` supplies CI variables (default:
-    os.environ). `stages`: stage names, one list for every lane or one per lane
-    (`{"urgent": [...], "scheduled": [...]}`); default: the project's rollout config.
+    os.environ). `stages`: the rollout config's stages (`config.inventory.lane_stages()`),
+    or plain stage names, one list for every lane or one per lane (`{"urgent": [...],
+    "scheduled": [...]}`); none given, no stage is planned. `fleet_baseline`: asked for the
+    baseline when `policy.baseline` is "fleet" and `baseline` is not given (falling back to
+    git when it answers None).
     """
     env = os.environ if env is None else env
     policy: Policy = cfg.policy if cfg is not None else Policy()
@@ -136,8 +150,8 @@ def decide_release(cfg: Any | None = None, *, manifest: Any | None = None,
     commit = manifest.provenance.get("git_commit") if manifest is not None else None
     facts = read_git(Path.cwd() if repo is None else repo, candidate,
                      commit=commit if isinstance(commit, str) else None)
-    fleet = (_fleet_baseline(cfg, name, candidate)
-             if baseline is None and policy.baseline == "fleet" else None)
+    fleet = (fleet_baseline(name, candidate) if fleet_baseline is not None
+             and baseline is None and policy.baseline == "fleet" else None)
     if baseline is not None:
         base, source = parse_version(baseline), "--from"
     elif fleet is not None:
@@ -152,8 +166,7 @@ def decide_release(cfg: Any | None = None, *, manifest: Any | None = None,
     claims += facts.claims + mr_label_claims(env, policy)
     result = classify(candidate, base, claims=claims, policy=policy, rollback=rollback)
     return decide(result, name=name, bundle_sha256=bundle_sha256, baseline_source=source,
-                  schedule=schedule, policy=policy, now=now,
-                  **_rollout_stages(cfg, stages))
+                  schedule=schedule, policy=policy, now=now, stages=stages)
 
 
 def _label_claims(cfg: Any | None, labels: Sequence[Path], manifest_path: Path | None, *,
@@ -173,39 +186,3 @@ def _label_claims(cfg: Any | None, labels: Sequence[Path], manifest_path: Path |
     threshold = cfg.trust.security_threshold if cfg is not None else 1
     return [load_label_claim(p, trusted=trusted, threshold=threshold, now=now, name=name,
                              version=version, bundle_sha256=bundle_sha256) for p in paths]
-
-
-def _rollout_stages(cfg: Any | None, stages: Stages | None) -> dict[str, Any]:
-    """Stage names and always-gated stages per lane, from the inventory's rollout config."""
-    inventory = getattr(cfg, "inventory", None)
-    if stages is not None or inventory is None:
-        return {"stages": stages if stages is not None else DEFAULT_STAGES}
-    return {"stages": {lane: [s.name for s in specs]
-                       for lane, specs in inventory.stages.items()},
-            "gated": {lane: [s.name for s in specs if s.approval]
-                      for lane, specs in inventory.stages.items()},
-            "rollout": inventory.plan_inputs()}
-
-
-def _fleet_baseline(cfg: Any, name: str, candidate: semver.Version
-                    ) -> tuple[semver.Version, str] | None:
-    """The highest version (other than the candidate) that the configured agents report
-    running; None when no reachable node runs the plugin yet."""
-    inventory = getattr(cfg, "inventory", None)
-    if inventory is None or not inventory.nodes:
-        return None
-    from hotrelease.rollout.nodes import read_fleet
-    from hotrelease.rollout.session import make_clients
-
-    states = read_fleet(make_clients(inventory), name, [n.name for n in inventory.nodes],
-                        inventory.settings)
-    running: dict[semver.Version, list[str]] = {}
-    for state in states.values():
-        if state.reachable and state.current is not None:
-            version = parse_version(state.current)
-            if version != candidate:
-                running.setdefault(version, []).append(state.node)
-    if not running:
-        return None
-    best = max(running)
-    return best, f"fleet ({', '.join(sorted(running[best]))} run {best})"

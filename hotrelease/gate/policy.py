@@ -3,6 +3,9 @@
 The defaults are the product's promise: only a label signed by a security-team key sends an
 update down the urgent lane; a security label on a major bump still goes urgent but needs a
 release manager's approval; prereleases stay on canary; downgrades are refused.
+
+`Reason` is what every gate rule reports when it fires (classify, route, decision). The base
+of the gate: imports nothing from hotrelease.
 """
 
 from __future__ import annotations
@@ -56,3 +59,14 @@ class Policy:
                 "break_glass": self.break_glass,
                 "approval_classes": list(self.approval_classes),
                 "rollback_lane": self.rollback_lane, "baseline": self.baseline}
+
+
+@dataclass(frozen=True)
+class Reason:
+    """A rule that fired, and why (the `rules:` lines of `classify` and `plan`)."""
+
+    rule: str
+    message: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"rule": self.rule, "message": self.message}

@@ -1,7 +1,9 @@
-"""Lanes: urgent (now) vs scheduled (next maintenance window, never inside a freeze).
+"""Maintenance windows and freezes: when a scheduled release may run.
 
-Pure: windows, freezes, a classification and an explicit `now` go in; a routing decision
-with its reasons comes out. No clock reads, no I/O.
+Pure: windows, freezes and an explicit `now` go in; the next usable slot (or the end of a
+freeze) comes out. No clock reads, no I/O. `gate.route` puts a release on a lane with it;
+`config.project` builds the `Schedule` from `[[windows]]` and `[[freezes]]`. Imports only
+`gate.cron`.
 
 Time model: windows and recurring freezes are wall-clock rules in an IANA zone. Each
 occurrence's local start is converted to UTC with `zoneinfo` (a start inside a spring-forward
@@ -13,14 +15,13 @@ time. All intervals are half-open [start, end) in UTC.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from hotrelease.gate.cron import CronExpr
-from hotrelease.gate.policy import Policy
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 SEARCH_CHUNK = timedelta(days=16)
@@ -296,81 +297,3 @@ class Schedule:
     def to_dict(self) -> dict[str, Any]:
         return {"windows": [w.to_dict() for w in self.windows],
                 "freezes": [f.to_dict() for f in self.freezes]}
-
-
-# --- routing -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Reason:
-    rule: str
-    message: str
-
-    def to_dict(self) -> dict[str, str]:
-        return {"rule": self.rule, "message": self.message}
-
-
-@dataclass
-class Routing:
-    lane: str  # "urgent" | "scheduled" | "none"
-    not_before: datetime | None
-    slot: Slot | None = None
-    break_glass: bool = False
-    notify: bool = False
-    reasons: list[Reason] = field(default_factory=list)
-
-
-def _names(freezes: Sequence[Freeze]) -> str:
-    return ", ".join(f.name for f in freezes)
-
-
-def route_urgent(schedule: Schedule, now: datetime, *, signed: bool, policy: Policy
-                 ) -> Routing:
-    """Urgent: start now, unless a freeze holds and break-glass is not allowed."""
-    routing = Routing("urgent", now, notify=True)
-    frozen = schedule.freezes_at(now)
-    if not frozen:
-        routing.reasons.append(Reason("lane.urgent", "urgent lane: may start now; notify "
-                                                     "ops ([notify])"))
-        return routing
-    why_not = ("the security claim is not signed" if not signed else
-               "policy.break_glass is false" if not policy.break_glass else
-               f"freeze {_names([f for f in frozen if not f.break_glass])} does not allow "
-               "break-glass" if not all(f.break_glass for f in frozen) else None)
-    if why_not is None:
-        routing.break_glass = True
-        routing.reasons.append(Reason(
-            "freeze.break-glass", f"break-glass: signed security label pierces freeze "
-                                  f"{_names(frozen)}; may start now; notify ops "
-                                  "([notify])"))
-        return routing
-    routing.not_before = schedule.unfrozen_from(now)
-    when = "may start when it ends" if routing.not_before is not None else \
-        "and it does not end within the search horizon"
-    routing.reasons.append(Reason(
-        "freeze.blocks-urgent", f"urgent lane held by freeze {_names(frozen)} "
-                                f"({why_not}): {when}"))
-    return routing
-
-
-def route_scheduled(schedule: Schedule, now: datetime, why: str) -> Routing:
-    routing = Routing("scheduled", None)
-    routing.reasons.append(Reason("lane.scheduled", f"scheduled lane: {why}"))
-    frozen = schedule.freezes_at(now)
-    if frozen:
-        routing.reasons.append(Reason("freeze.active", f"freeze {_names(frozen)} is active now"))
-    if not schedule.windows:
-        routing.reasons.append(Reason("window.none", "no maintenance windows configured "
-                                                     "([[windows]] in hotrelease.toml)"))
-        return routing
-    slot = schedule.next_window(now)
-    if slot is None:
-        routing.reasons.append(Reason("window.none", "no usable maintenance window in the "
-                                                     "search horizon (all frozen?)"))
-        return routing
-    routing.slot, routing.not_before = slot, slot.start
-    where = "now, inside" if slot.start == now else "at the next"
-    routing.reasons.append(Reason("window.next", f"may start {where} window {slot.window!r} "
-                                                 f"({slot.start:%Y-%m-%d %H:%M}Z to "
-                                                 f"{slot.end:%Y-%m-%d %H:%M}Z)"))
-    return routing

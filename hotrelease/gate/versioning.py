@@ -1,5 +1,9 @@
 """Baselines from tags: the highest SemVer release tag below a candidate, fast on
-repositories with thousands of tags."""
+repositories with thousands of tags.
+
+Pure; imports `trust.versions` only. `gate.inputs` reads the tags (through `build.git`) and
+asks here for the baseline.
+"""
 
 from __future__ import annotations
 

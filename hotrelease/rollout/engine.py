@@ -24,20 +24,18 @@ from hotrelease.errors import (
     PolicyError,
     UnreachableError,
 )
-from hotrelease.rollout.nodes import AgentAPI, NodeState, call_with_retries, read_fleet
+from hotrelease.rollout.nodes import (
+    AgentAPI,
+    NodeOutcome,
+    NodeState,
+    call_with_retries,
+    read_fleet,
+    recorded_approval,
+)
 from hotrelease.rollout.plan import StagePlan
 from hotrelease.trust.manifest import ReleaseManifest
 from hotrelease.trust.times import parse_iso
 from hotrelease.trust.versions import parse_version
-
-
-@dataclass
-class NodeOutcome:
-    node: str
-    stage: str
-    result: str  # activated | already | rolled_back | failed | unreachable | reverted | planned
-    version: str | None = None
-    detail: str = ""
 
 
 @dataclass
@@ -107,9 +105,8 @@ class Publisher:
             if state.busy is None or self.clock() >= deadline:
                 return state
             self.emit(Event("wait", node=name, message=f"{name}: waiting for the "
-                            f"{state.busy.get('action', 'activation')} of "
-                            f"{state.busy.get('version') or 'its previous version'} "
-                            "under way"))
+                            f"{state.busy.action} of "
+                            f"{state.busy.version or 'its previous version'} under way"))
             self.sleep(self.settings.poll_interval)
 
     def check_not_superseding(self, states: dict[str, NodeState]) -> None:
@@ -138,37 +135,12 @@ class Publisher:
 
     # --- approvals ------------------------------------------------------------------------
     def find_approval(self, plan: StagePlan) -> dict[str, Any] | None:
-        """The fleet is the ledger: an approval recorded on any node of the stage counts, if
-        it is for this build and stage, names every node of the stage and has not expired
-        (checked here too, not only by agents that hold approver keys). Why the last
-        candidate did not count is kept in `approval_problem` for the message."""
-        from hotrelease.trust.approvals import Approval, check_approval
-
-        self.approval_problem = None
-        digest = self.manifest.bundle.sha256
-        for name in plan.nodes:
-            try:
-                records = self.clients[name].history(self.manifest.name)
-            except HotreleaseError:
-                continue
-            for record in reversed(records):
-                approval = record.get("approval") if isinstance(record, dict) else None
-                if not (record.get("action") == "approval" and isinstance(approval, dict)
-                        and approval.get("stage") == plan.name
-                        and approval.get("bundle_sha256") == digest
-                        and approval.get("version") == self.manifest.version):
-                    continue
-                try:
-                    parsed = Approval.from_dict(approval)
-                    for node in plan.nodes:
-                        check_approval(parsed, name=self.manifest.name,
-                                       version=self.manifest.version, bundle_sha256=digest,
-                                       stage=plan.name, now=self.now(), node=node)
-                except HotreleaseError as exc:
-                    self.approval_problem = str(exc)
-                    continue
-                return {"approval": approval, "envelope": record.get("envelope")}
-        return None
+        """The stage's approval recorded on the fleet (`nodes.recorded_approval`: checked here
+        too, not only by agents with approver keys); why the last candidate did not count is
+        kept in `approval_problem` for the message."""
+        found, self.approval_problem = recorded_approval(self.clients, plan.nodes,
+                                                         self.manifest, plan.name, self.now)
+        return found
 
     # --- driving a stage ------------------------------------------------------------------
     def _upload_node(self, name: str, plan: StagePlan, state: NodeState) -> NodeOutcome | None:
@@ -176,10 +148,8 @@ class Publisher:
         client = self.clients[name]
         try:
             self._call(name, "upload", lambda: client.upload(*self.paths))
-        except UnreachableError as exc:
-            return NodeOutcome(name, plan.name, "unreachable", state.current, str(exc))
         except HotreleaseError as exc:
-            return NodeOutcome(name, plan.name, "failed", state.current, str(exc))
+            return NodeOutcome.of_error(name, plan.name, state.current, exc)
         return None
 
     def _activate_node(self, name: str, plan: StagePlan, state: NodeState,
@@ -191,24 +161,20 @@ class Publisher:
                 self.manifest.name, version, stage=plan.name,
                 release_id=self.manifest.release_id,
                 pipeline_url=self.meta.get("pipeline_url"), approval=approval or None))
-        except UnreachableError as exc:
-            return NodeOutcome(name, plan.name, "unreachable", state.current, str(exc))
         except HotreleaseError as exc:
             if exc.code != "activation_in_progress" or waited:
-                return NodeOutcome(name, plan.name, "failed", state.current, str(exc))
+                return NodeOutcome.of_error(name, plan.name, state.current, exc)
             settled = self.settle(name)
             if settled.busy is not None:
-                return NodeOutcome(name, plan.name, "failed", settled.current,
-                                   f"still busy after {self.settings.health_timeout:g}s: "
-                                   f"{exc}")
+                return NodeOutcome.of_error(name, plan.name, settled.current, exc, f"still busy "
+                                            f"after {self.settings.health_timeout:g}s: {exc}")
             if settled.current == version and settled.health != "fail":
                 return NodeOutcome(name, plan.name, "activated", version,
                                    "finished the activation an earlier run started")
             return self._activate_node(name, plan, settled, approval, waited=True)
-        status = result.get("result")
-        if status in ("rolled_back", "failed"):
-            return NodeOutcome(name, plan.name, status, result.get("current"),
-                               str(result.get("reason") or "health check failed"))
+        if result.result in ("rolled_back", "failed"):
+            return NodeOutcome(name, plan.name, result.result, result.current,
+                               result.reason or "health check failed")
         return NodeOutcome(name, plan.name, "activated", version)
 
     def run_stage(self, plan: StagePlan, states: dict[str, NodeState],
@@ -314,8 +280,9 @@ class Publisher:
                                            "its own agent went back")
                     result = rollback(name)
             except HotreleaseError as exc:
-                return NodeOutcome(name, "abort", "failed", None, f"rollback failed: {exc}")
-            return NodeOutcome(name, "abort", "reverted", result.get("current"))
+                return NodeOutcome(name, "abort", "failed", None, f"rollback failed: {exc}",
+                                   code=None if isinstance(exc, UnreachableError) else exc.code)
+            return NodeOutcome(name, "abort", "reverted", result.current)
 
         with ThreadPoolExecutor(max_workers=self.settings.concurrency) as pool:
             return list(pool.map(one, changed))

@@ -1,5 +1,6 @@
 """A throwaway fleet on this machine: N real agents, each managing a Python plugin host,
-on free loopback ports in a temp dir. Used by `hotrelease demo`; stops everything it starts.
+on free loopback ports in a temp dir. Used by `hotrelease demo` (`ci.demo`); stops
+everything it starts. Imports `agent.auth` (to mint the fleet's token) and `errors`.
 """
 
 from __future__ import annotations

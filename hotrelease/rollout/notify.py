@@ -2,6 +2,7 @@
 
 Both get the decision as JSON (the command on stdin, plus HOTRELEASE_* variables). Both are
 bounded by the configured timeout; a failure raises `NotifyError` (exit 5) naming the hook.
+Called by the release session (urgent rollouts) and `plan --notify`; imports `errors` only.
 """
 
 from __future__ import annotations

@@ -3,6 +3,11 @@
 The plan is a pure function of (release, inventory, stage specs): nodes are ranked by a hash
 of the release id and the node name, so every CI job (and every release manager's laptop)
 computes the same canary and the same waves, and a killed publish can simply be re-run.
+
+Which stages a release goes through and which need an approval is not decided here: that is
+`gate.stages.stage_gates()`, recorded in the release decision. `release_plan()` assigns the
+fleet's nodes to exactly the decision's stages, with its gates (moving a gate off a stage
+that reaches no node). Imports `config.inventory` and `gate` only.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, replace
 
 from hotrelease.config.inventory import Inventory, Node, StageSpec
-from hotrelease.gate.policy import LANES
+from hotrelease.gate.decision import ReleaseDecision
 
 
 @dataclass(frozen=True)
@@ -65,10 +70,17 @@ def plan_stages(release_key: str, nodes: list[Node], stages: list[StageSpec],
     return plans
 
 
-def release_plan(release_id: str, inventory: Inventory, lane: str, *,
-                 gated: Collection[str], canary_only: bool = False) -> list[StagePlan]:
+def release_plan(release_id: str, inventory: Inventory,
+                 decision: ReleaseDecision) -> list[StagePlan]:
     """The one stage plan of a release: `plan`, `publish`, `approve`, `status`, `rollback`
-    and the GitLab child pipeline all take it from here, so they cannot disagree."""
-    specs = inventory.stages[lane if lane in LANES else "scheduled"]
-    return plan_stages(release_id, inventory.nodes, specs[:1] if canary_only else specs,
-                       gated=gated)
+    and the GitLab child pipeline all take it from here, so they cannot disagree. The
+    stages and their gates are the decision's (`stages`, `approval_stages`); the specs
+    (shares, groups, bakes, thresholds) are the lane's in the inventory."""
+    lane_specs = inventory.stages.get(decision.lane) or inventory.stages.get("scheduled") or []
+    specs = {spec.name: spec for spec in lane_specs}
+    unknown = [name for name in decision.stages if name not in specs]
+    if unknown:
+        raise ValueError(f"the decision names stages the inventory does not have "
+                         f"({', '.join(unknown)}): decide with the inventory's stages")
+    return plan_stages(release_id, inventory.nodes, [specs[n] for n in decision.stages],
+                       gated=decision.approval_stages)

@@ -1,22 +1,24 @@
 """One release against the configured fleet: gathers config, manifest, decision, stage plan
 and agent clients, then publishes, approves, reports or rolls back.
 
-This is the layer the CLI calls; the stage engine itself is `hotrelease.rollout.engine.Publisher`.
+This is the layer the CLI (and the child pipeline, and the demo) calls; the stage engine
+itself is `hotrelease.rollout.engine.Publisher`. No UI: progress arrives at the caller as
+`engine.Event`s, notes (a warning, the notify hook's answer, a wait for the window) through
+a `notice` callback; the progress display and the tables are `commands.render`. Imports
+`config`, `gate`, `rollout` and `trust`.
 """
 
 from __future__ import annotations
 
 import os
-import sys
-import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from hotrelease.config.inventory import Inventory
+from hotrelease.config.inventory import Inventory, lane_stages
 from hotrelease.config.project import ProjectConfig, load_config
 from hotrelease.errors import (
     ConfigError,
@@ -26,28 +28,20 @@ from hotrelease.errors import (
     UnreachableError,
     UsageError,
 )
+from hotrelease.gate.decision import ReleaseDecision
+from hotrelease.rollout.baseline import fleet_baseline, make_clients
 from hotrelease.rollout.engine import Event, Publisher
 from hotrelease.rollout.nodes import AgentAPI, NodeState, read_fleet
 from hotrelease.rollout.plan import StagePlan, release_plan
 from hotrelease.trust.approvals import Approval
-from hotrelease.trust.manifest import ReleaseManifest, format_time, load_manifest
+from hotrelease.trust.manifest import ReleaseManifest, load_manifest
+from hotrelease.trust.times import format_time
 
-TOKEN_ENV_DEFAULT = "HOTRELEASE_AGENT_TOKEN"
+Notice = Callable[[str], None]
 
 
-def make_clients(inventory: Inventory) -> dict[str, AgentAPI]:
-    from hotrelease.agent.client import AgentClient
-
-    s = inventory.settings
-    clients: dict[str, AgentAPI] = {}
-    for node in inventory.nodes:
-        var = node.token_env or TOKEN_ENV_DEFAULT
-        token = os.environ.get(var)
-        if not token:
-            raise ConfigError(f"node {node.name}: agent token variable {var} is not set")
-        clients[node.name] = AgentClient(node.url, token, timeout=s.read_timeout,
-                                         connect_timeout=s.connect_timeout)
-    return clients
+def _ignore(_: object) -> None:
+    pass
 
 
 def inventory_of(cfg: ProjectConfig) -> Inventory:
@@ -58,73 +52,35 @@ def inventory_of(cfg: ProjectConfig) -> Inventory:
     return inventory
 
 
-class _Progress:
-    """Plain line-per-event output in CI or without a TTY; a rich bar on a terminal."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.fancy = enabled and sys.stderr.isatty() and \
-            os.environ.get("CI", "").lower() not in ("true", "1")
-        self._bar: Any = None
-        self._task: Any = None
-        self._lock = threading.Lock()  # events come from the worker threads
-
-    def __call__(self, event: Event) -> None:
-        if not self.enabled:
-            return
-        with self._lock:
-            self._show(event)
-
-    def _show(self, event: Event) -> None:
-        if not self.fancy:
-            # One write per line: lines from concurrent workers must not run together.
-            sys.stderr.write(f"[{event.stage or '-'}] {event.message}\n")
-            sys.stderr.flush()
-            return
-        from rich.progress import Progress
-
-        if event.kind == "stage-start":
-            self.close()
-            self._bar = Progress(transient=False)
-            self._bar.start()
-            self._task = self._bar.add_task(event.message, total=max(event.total, 1))
-        elif event.kind == "node" and self._bar is not None:
-            self._bar.advance(self._task)
-            self._bar.console.print(f"  {event.message}")
-        else:
-            if self._bar is not None:
-                self._bar.console.print(event.message)
-            else:
-                print(event.message, file=sys.stderr)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-            self._bar = None
-
-
 @dataclass
 class FleetSession:
     cfg: ProjectConfig
     manifest: ReleaseManifest
     manifest_path: Path
     inventory: Inventory
-    decision: Any
+    decision: ReleaseDecision
     now: datetime
     labels: tuple[Path, ...] = ()
+    env: Mapping[str, str] = field(default_factory=lambda: os.environ)
     started: float = field(default_factory=time.monotonic)
 
     @classmethod
     def open(cls, manifest_path: Path, *, config: Path | None, now: datetime,
-             labels: Sequence[Path] = ()) -> FleetSession:
+             labels: Sequence[Path] = (), env: Mapping[str, str] | None = None
+             ) -> FleetSession:
+        """`env`: agent tokens, $CI_PIPELINE_URL and the approver's login (default:
+        os.environ)."""
         from hotrelease.gate.inputs import decide_release
 
+        env = os.environ if env is None else env
         cfg = load_config(config)
         manifest = _verified_manifest(cfg, manifest_path, now)
         inventory = inventory_of(cfg)
         decision = decide_release(cfg, manifest=manifest, manifest_path=manifest_path,
-                                  repo=cfg.root, labels=list(labels), now=now)
-        return cls(cfg, manifest, manifest_path, inventory, decision, now, tuple(labels))
+                                  repo=cfg.root, labels=list(labels), now=now,
+                                  stages=lane_stages(inventory),
+                                  fleet_baseline=fleet_baseline(inventory, env))
+        return cls(cfg, manifest, manifest_path, inventory, decision, now, tuple(labels), env)
 
     # --- the plan -------------------------------------------------------------------------
     @property
@@ -132,18 +88,19 @@ class FleetSession:
         return str(self.decision.lane)
 
     def plans(self) -> list[StagePlan]:
-        return release_plan(self.manifest.release_id, self.inventory, self.lane,
-                            gated=self.decision.approval_stages,
-                            canary_only=self.decision.canary_only)
+        return release_plan(self.manifest.release_id, self.inventory, self.decision)
 
-    def publisher(self, emit: Any = lambda e: None) -> Publisher:
+    def clients(self) -> dict[str, AgentAPI]:
+        return make_clients(self.inventory, self.env)
+
+    def publisher(self, emit: Callable[[Event], None] = _ignore) -> Publisher:
         meta = {"release_id": self.manifest.release_id, "lane": self.lane,
-                "pipeline_url": os.environ.get("CI_PIPELINE_URL"),
+                "pipeline_url": self.env.get("CI_PIPELINE_URL"),
                 "plan_digest": self.decision.plan_digest}
         return Publisher(self.manifest, self.manifest_path,
                          Path(f"{self.manifest_path}.sig"),
                          self.manifest_path.parent / self.manifest.bundle.filename,
-                         self.inventory.nodes, make_clients(self.inventory),
+                         self.inventory.nodes, self.clients(),
                          self.inventory.settings, lane=self.lane, emit=emit,
                          now=self.clock_now, meta={k: v for k, v in meta.items() if v})
 
@@ -151,7 +108,8 @@ class FleetSession:
         """`--now` (or the real time at start) moving on with the real clock."""
         return self.now + timedelta(seconds=time.monotonic() - self.started)
 
-    def check_gate(self, plan_digest: str | None, wait: bool) -> None:
+    def check_gate(self, plan_digest: str | None, wait: bool,
+                   notice: Notice = _ignore) -> None:
         d = self.decision
         if d.refused:
             raise PolicyError(f"{self.manifest.release_id}: {d.refused}")
@@ -169,13 +127,15 @@ class FleetSession:
                                   f"{self.lane} lane): next window opens at {opens}",
                                   code="outside_window")
             delay = (d.not_before - self.now).total_seconds()
-            print(f"waiting {delay:.0f}s for the window opening at {opens}", file=sys.stderr)
+            notice(f"waiting {delay:.0f}s for the window opening at {opens}")
             time.sleep(delay)
 
     # --- commands -------------------------------------------------------------------------
     def publish(self, *, stage: str | None, all_stages: bool, plan_digest: str | None,
-                dry_run: bool, wait: bool, progress: bool,
-                notify: bool = True) -> dict[str, Any]:
+                dry_run: bool, wait: bool, progress: Callable[[Event], None] = _ignore,
+                notice: Notice = _ignore, notify: bool = True) -> dict[str, Any]:
+        """`progress` receives the engine's events (stage start, node done, bake ...);
+        `notice` the notes a person should read (warnings, who was notified, a wait)."""
         if self.lane == "none":
             return {"release": self.manifest.release_id, "lane": "none", "nodes": [],
                     "complete": True, "message": "nothing to roll out",
@@ -183,37 +143,33 @@ class FleetSession:
         plans = self.plans()
         if dry_run:
             return self._dry_run(plans, stage, plan_digest)
-        self.check_gate(plan_digest, wait)
-        bar = _Progress(progress)
-        publisher = self.publisher(bar)
+        self.check_gate(plan_digest, wait, notice)
+        publisher = self.publisher(progress)
         first = plans[0]
         if self.lane == "urgent" and stage in (None, first.name) and \
                 not publisher.stage_done(first, publisher.snapshot(first.nodes)):
             # Labels first: an agent that refuses one stops the rollout before ops are paged.
-            self._share_labels()
+            self._share_labels(notice)
             # Ops hear about an urgent rollout once: when its first stage starts.
             if notify:
-                self._notify()
-        try:
-            report = publisher.publish(plans, stage=stage, all_stages=all_stages)
-        finally:
-            bar.close()
+                self._notify(notice)
+        report = publisher.publish(plans, stage=stage, all_stages=all_stages)
         return {**report.to_dict(), "class": self.decision.release_class,
                 "plan_digest": self.decision.plan_digest}
 
-    def _notify(self) -> None:
+    def _notify(self, notice: Notice) -> None:
         if not self.decision.notify:
             return
         from hotrelease.rollout.notify import nobody_to_notify, notify_urgent
 
         nobody = nobody_to_notify(self.cfg.notify, self.cfg.path)
         if nobody is not None:
-            print(f"warning: {nobody}", file=sys.stderr)
+            notice(f"warning: {nobody}")
             return
         for line in notify_urgent(self.decision, self.cfg.notify):
-            print(f"notify: {line}", file=sys.stderr)
+            notice(f"notify: {line}")
 
-    def _share_labels(self) -> None:
+    def _share_labels(self, notice: Notice) -> None:
         """Hand the signed security label to every agent before a security rollout: each
         raises its security floor, so no later rollback can return to the vulnerable
         version. An agent that refuses the label (it does not trust the security team's
@@ -228,7 +184,7 @@ class FleetSession:
         paths = list(self.labels) or [label_path_for(self.manifest.name,
                                                      self.manifest.version,
                                                      self.manifest_path.parent)]
-        clients = make_clients(self.inventory)
+        clients = self.clients()
         refused: dict[str, HotreleaseError] = {}
         for path in paths:
             try:
@@ -240,8 +196,7 @@ class FleetSession:
                 try:
                     client.post_label(self.manifest.name, label, envelope)
                 except UnreachableError as exc:
-                    print(f"warning: security label not delivered to {name}: {exc}",
-                          file=sys.stderr)
+                    notice(f"warning: security label not delivered to {name}: {exc}")
                 except HotreleaseError as exc:
                     refused[name] = exc
         if refused:
@@ -288,14 +243,14 @@ class FleetSession:
         if stage not in plans:
             raise UsageError(f"no stage {stage!r} in the {self.lane} lane "
                              f"(stages: {', '.join(plans)})")
-        approver = by or os.environ.get("GITLAB_USER_LOGIN") or os.environ.get("USER")
+        approver = by or self.env.get("GITLAB_USER_LOGIN") or self.env.get("USER")
         if not approver:
             raise UsageError("who approves? give --by (in GitLab: $GITLAB_USER_LOGIN)")
         approval = Approval(self.manifest.name, self.manifest.version,
                             self.manifest.bundle.sha256, stage, approver, self.now,
                             self.now + timedelta(hours=valid_hours), plans[stage].nodes)
         envelope = approval.sign(private_key).to_dict() if private_key is not None else None
-        clients = make_clients(self.inventory)
+        clients = self.clients()
         recorded: list[str] = []
         errors: dict[str, HotreleaseError] = {}
         for node in self.inventory.nodes:
@@ -361,26 +316,6 @@ class FleetSession:
                       "version": states[n].current} for n in scope if n not in targets]
         return {"release": self.manifest.release_id, "nodes": nodes + untouched}
 
-    @staticmethod
-    def describe(report: dict[str, Any]) -> list[str]:
-        if report.get("dry_run"):
-            lines = [f"DRY RUN {report['release']} ({report['class']}, {report['lane']} lane, "
-                     f"plan {report['plan_digest'][:19]}…)"]
-            if report.get("gate"):
-                lines.append(f"would stop: {report['gate']}")
-            lines += [f"  [{r['stage']}] {r['node']}: {r['action']}"
-                      + (" (needs approval)" if r["needs_approval"] else "")
-                      for r in report["nodes"]]
-            return lines
-        if report.get("lane") == "none":
-            return [f"{report['release']}: {report['message']}"]
-        lines = [f"{report['release']} ({report.get('class')}, {report['lane']} lane): "
-                 f"ran {', '.join(report['stages_run']) or 'no stage'}"]
-        lines += [f"  [{n['stage']}] {n['node']}: {n['result']}" for n in report["nodes"]]
-        lines.append("rollout complete" if report["complete"]
-                     else f"next stage: {report['next_stage']}")
-        return lines
-
 
 def _no_node_took_it(what: str, errors: dict[str, HotreleaseError]) -> HotreleaseError:
     """Every node said no or said nothing. A refusal is an answer (exit 1, the first
@@ -417,34 +352,3 @@ def fleet_status(*, config: Path | None, plugin: str | None) -> dict[str, Any]:
     states = read_fleet(make_clients(inventory), name, [n.name for n in inventory.nodes],
                         inventory.settings)
     return {"plugin": name, "nodes": [_state_dict(s) for s in states.values()]}
-
-
-def format_status(result: dict[str, Any]) -> list[str]:
-    lines = []
-    if "release" in result:
-        lines.append(f"release {result['release']} ({result['class']}, {result['lane']} lane)"
-                     f": stage reached {result['stage_reached'] or 'none'}"
-                     + (f"; window opens {result['pending_window']}"
-                        if result.get("pending_window") else ""))
-        for s in result["stages"]:
-            approval = (f"approved by {s['approved_by']}" if s["approved_by"] else
-                        "needs approval" if s["needs_approval"] else "no approval needed")
-            lines.append(f"  stage {s['stage']:<10} {'done' if s['done'] else 'pending':<8}"
-                         f" {approval}; nodes: {', '.join(s['nodes']) or '-'}")
-    header = (f"{'NODE':<16} {'VERSION':<14} {'PREVIOUS':<14} {'HEALTH':<8} {'SINCE':<21} "
-              "REACHABLE")
-    lines.append(header)
-    for n in result["nodes"]:
-        reachable = ("yes" if n["reachable"] else "NO") + (f": {n['error']}" if n["error"]
-                                                            else "")
-        lines.append(f"{n['node']:<16} {n['version'] or '-':<14} {n['previous'] or '-':<14} "
-                     f"{n['health'] or '-':<8} "
-                     f"{_short_time(n['since']):<21} "
-                     f"{reachable}")
-    return lines
-
-
-
-def _short_time(value: str | None) -> str:
-    """2026-11-24T18:47:27.347273Z -> 2026-11-24 18:47:27Z (the table's width)."""
-    return value[:19].replace("T", " ") + "Z" if value else "-"
