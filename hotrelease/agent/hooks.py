@@ -57,7 +57,7 @@ def _kill_and_reap(proc: subprocess.Popen[bytes], *, grace: float = 0.0) -> bool
     """Stop the hook's whole group (SIGTERM and `grace` first, if given), reap the leader,
     and say whether the group is gone."""
     if grace > 0:
-        gone = stop_groups([proc.pid], grace=grace)[proc.pid]["exited"]
+        gone = bool(stop_groups([proc.pid], grace=grace)[proc.pid]["exited"])
     else:
         signal_group(proc.pid, signal.SIGKILL)
         gone = not wait_gone([proc.pid], KILL_WAIT)

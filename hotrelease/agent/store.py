@@ -244,7 +244,7 @@ class Store:
 
     # --- state, journal ---------------------------------------------------------------------
     def load_state(self, name: str) -> dict[str, Any]:
-        state = read_json(self.plugins / name / "state.json")
+        state: dict[str, Any] | None = read_json(self.plugins / name / "state.json")
         if state is None:
             state = {"name": name, "current": None, "previous": None, "state": "empty",
                      "activated_at": None, "highest_activated": None, "health": None,

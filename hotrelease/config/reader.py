@@ -11,7 +11,7 @@ import builtins
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from hotrelease.errors import ConfigError, HotreleaseError
 
@@ -86,7 +86,7 @@ class Table:
             choices: tuple[builtins.str, ...] = (), nonempty: builtins.bool = True) -> builtins.str:
         value = self.get(key, str, default)
         if value is default and key not in self.data:
-            return value
+            return cast(builtins.str, value)
         if nonempty and value == "":
             raise self.error(key, "must not be empty")
         if choices and value not in choices:
@@ -116,7 +116,7 @@ class Table:
     def str_list(self, key: builtins.str, default: Any = _MISSING) -> list[builtins.str]:
         value = self.get(key, list, default)
         if key not in self.data:
-            return value  # type: ignore[no-any-return]
+            return cast(list[builtins.str], value)
         for i, item in enumerate(value):
             if not isinstance(item, str):
                 raise self.error(f"{key}[{i}]",
@@ -127,7 +127,7 @@ class Table:
                 default: Any = _MISSING) -> dict[builtins.str, builtins.str]:
         value = self.get(key, dict, default)
         if key not in self.data:
-            return value  # type: ignore[no-any-return]
+            return cast(dict[builtins.str, builtins.str], value)
         for k, v in value.items():
             if not isinstance(v, str):
                 raise self.error(f"{key} -> {k}", f"expected a string, got {_describe(v)} {v!r}")
