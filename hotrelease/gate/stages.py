@@ -15,10 +15,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 # Stage names: one list for every lane, or a list per lane (`urgent`, `scheduled`).
 Stages = Sequence[str] | Mapping[str, Sequence[str]]
+
+
+def of_lane(per_lane: Mapping[str, Sequence[T]], lane: str) -> list[T]:
+    """A lane's entry of a per-lane mapping (stage names, stage specs); a lane without its
+    own (e.g. `none`) takes the scheduled one."""
+    return list(per_lane.get(lane) or per_lane.get("scheduled") or [])
 
 
 @dataclass(frozen=True)
@@ -36,7 +44,7 @@ class LaneStages:
         """Stage names for a lane; a lane without its own list (e.g. `none`) uses the
         scheduled one."""
         if isinstance(self.names, Mapping):
-            return list(self.names.get(lane) or self.names.get("scheduled") or [])
+            return of_lane(self.names, lane)
         return list(self.names)
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 
 from hotrelease.config.inventory import Inventory, Node, StageSpec
 from hotrelease.gate.decision import ReleaseDecision
+from hotrelease.gate.stages import of_lane
 
 
 @dataclass(frozen=True)
@@ -76,8 +77,7 @@ def release_plan(release_id: str, inventory: Inventory,
     and the GitLab child pipeline all take it from here, so they cannot disagree. The
     stages and their gates are the decision's (`stages`, `approval_stages`); the specs
     (shares, groups, bakes, thresholds) are the lane's in the inventory."""
-    lane_specs = inventory.stages.get(decision.lane) or inventory.stages.get("scheduled") or []
-    specs = {spec.name: spec for spec in lane_specs}
+    specs = {spec.name: spec for spec in of_lane(inventory.stages, decision.lane)}
     unknown = [name for name in decision.stages if name not in specs]
     if unknown:
         raise ValueError(f"the decision names stages the inventory does not have "
